@@ -1,0 +1,52 @@
+// Elementwise map over up to three broadcast inputs: out = EXPR(x0, x1, x2).
+// Specialised by text: IN0_T..IN2_T / OUT_T storage types, CT the compute type, EXPR.
+// Unused inputs are bound to input 0 and never read (NIN). Broadcasting and views are
+// strides + element offsets; FAST skips the index arithmetic when all are contiguous.
+override NIN: u32 = 1u;
+override FAST: bool = false;
+
+struct Params {
+  shape: array<vec4<u32>, 2>,   // output shape, rank padded to 8 with leading 1s
+  s0: array<vec4<u32>, 2>,      // element strides of each input (0 on broadcast axes)
+  s1: array<vec4<u32>, 2>,
+  s2: array<vec4<u32>, 2>,
+  n: u32,
+  off0: u32, off1: u32, off2: u32, offOut: u32,
+  alpha: f32, beta: f32,
+}
+
+@group(0) @binding(0) var<storage, read> in0: array<{{IN0_T}}>;
+@group(0) @binding(1) var<storage, read> in1: array<{{IN1_T}}>;
+@group(0) @binding(2) var<storage, read> in2: array<{{IN2_T}}>;
+@group(0) @binding(3) var<storage, read_write> out: array<{{OUT_T}}>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+#include "common"
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let i = gid.x + gid.y * nwg.x * 256u;
+  if (i >= p.n) { return; }
+  var i0 = i; var i1 = i; var i2 = i;
+  if (!FAST) {
+    i0 = 0u; i1 = 0u; i2 = 0u;
+    var r = i;
+    for (var d = 7; d >= 0; d--) {
+      let du = u32(d);
+      let ext = at8(p.shape, du);
+      let k = r % ext;
+      r = r / ext;
+      i0 += k * at8(p.s0, du);
+      i1 += k * at8(p.s1, du);
+      i2 += k * at8(p.s2, du);
+    }
+  }
+  let alpha = p.alpha;
+  let beta = p.beta;
+  let x0 = {{CT}}(in0[p.off0 + i0]);
+  var x1 = {{CT}}(0);
+  var x2 = {{CT}}(0);
+  if (NIN > 1u) { x1 = {{CT}}(in1[p.off1 + i1]); }
+  if (NIN > 2u) { x2 = {{CT}}(in2[p.off2 + i2]); }
+  out[p.offOut + i] = {{OUT_T}}({{EXPR}});
+}
