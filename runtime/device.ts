@@ -23,8 +23,10 @@ export interface Binding {
 }
 
 export interface DispatchSpec {
-  /** kernels/<kernel>.wgsl */
+  /** kernels/<kernel>.wgsl (or a name for `source`) */
   kernel: string;
+  /** WGSL given directly instead of kernels/<kernel>.wgsl: the simple reference kernels of tests and benchmarks */
+  source?: string;
   entry?: string;
   /** Text substitutions for {{NAME}} placeholders: the specialisation that override constants cannot express (types, expressions). */
   defines?: Record<string, string | number>;
@@ -108,11 +110,11 @@ export class Device {
   }
 
   /** Pipeline for a kernel specialisation, compiled once. */
-  pipeline(kernel: string, entry = 'main', defines: Record<string, string | number> = {}, constants: Record<string, number> = {}): GPUComputePipeline {
-    const key = `${kernel}:${entry}:${JSON.stringify(defines)}:${JSON.stringify(constants)}`;
+  pipeline(kernel: string, entry = 'main', defines: Record<string, string | number> = {}, constants: Record<string, number> = {}, source?: string): GPUComputePipeline {
+    const key = `${kernel}:${entry}:${JSON.stringify(defines)}:${JSON.stringify(constants)}${source ? ':' + source : ''}`;
     let p = this.pipelines.get(key);
     if (p) return p;
-    let src = kernelSource(kernel).replace(/^#include "(\w+)"$/gm, (_, name: string) => kernelSource(name)).replace(/\{\{(\w+)\}\}/g, (_, name: string) => {
+    let src = (source ?? kernelSource(kernel)).replace(/^#include "(\w+)"$/gm, (_, name: string) => kernelSource(name)).replace(/\{\{(\w+)\}\}/g, (_, name: string) => {
       if (!(name in defines)) throw new Error(`kernels/${kernel}.wgsl: no value given for {{${name}}}`);
       return String(defines[name]);
     });
@@ -134,7 +136,7 @@ export class Device {
   }
 
   dispatch(spec: DispatchSpec): void {
-    const pipe = this.pipeline(spec.kernel, spec.entry, spec.defines, spec.constants);
+    const pipe = this.pipeline(spec.kernel, spec.entry, spec.defines, spec.constants, spec.source);
     const maxB = this.maxBinding;
     const entries: GPUBindGroupEntry[] = spec.buffers.map((b, i) => {
       const size = b.size ?? b.buffer.size - (b.offset ?? 0);
