@@ -33,3 +33,33 @@ fn activate(x: f32, code: u32) -> f32 {
 }
 
 fn at8(v: array<vec4<u32>, 2>, i: u32) -> u32 { return v[i / 4u][i % 4u]; }
+
+// Philox4x32-10 (Salmon et al. 2011), as cuRAND and PyTorch use it: four random words for
+// counter c under key k; a stream is reproducible from (key, counter) alone.
+fn mulhilo_(a: u32, b: u32) -> vec2<u32> {
+  // 32x32 -> 64-bit product from 16-bit halves (WGSL has no u64)
+  let a0 = a & 0xffffu; let a1 = a >> 16u;
+  let b0 = b & 0xffffu; let b1 = b >> 16u;
+  let lo0 = a0 * b0;
+  let mid1 = a1 * b0;
+  let mid2 = a0 * b1;
+  let hi = a1 * b1;
+  let mid = (lo0 >> 16u) + (mid1 & 0xffffu) + (mid2 & 0xffffu);
+  let lo = (lo0 & 0xffffu) | (mid << 16u);
+  let h = hi + (mid1 >> 16u) + (mid2 >> 16u) + (mid >> 16u);
+  return vec2<u32>(h, lo);
+}
+
+fn philox_(c0: vec4<u32>, k0: vec2<u32>) -> vec4<u32> {
+  var c = c0;
+  var k = k0;
+  for (var r = 0; r < 10; r++) {
+    let p0 = mulhilo_(0xD2511F53u, c.x);
+    let p1 = mulhilo_(0xCD9E8D57u, c.z);
+    c = vec4<u32>(p1.x ^ c.y ^ k.x, p1.y, p0.x ^ c.w ^ k.y, p0.y);
+    k = k + vec2<u32>(0x9E3779B9u, 0xBB67AE85u);
+  }
+  return c;
+}
+
+fn unit_(w: u32) -> f32 { return f32(w >> 8u) * (1.0 / 16777216.0); }  // [0, 1), 24 bits

@@ -2,6 +2,8 @@
 // Specialised by text: IN0_T..IN2_T / OUT_T storage types, CT the compute type, EXPR.
 // Unused inputs are bound to input 0 and never read (NIN). Broadcasting and views are
 // strides + element offsets; FAST skips the index arithmetic when all are contiguous.
+// EXPR may use `i`, the output element's linear index; a chunk of a tensor past the
+// binding limit (FAST only) is bound as its own range and starts at index `base`.
 override NIN: u32 = 1u;
 override FAST: bool = false;
 
@@ -13,6 +15,7 @@ struct Params {
   n: u32,
   off0: u32, off1: u32, off2: u32, offOut: u32,
   alpha: f32, beta: f32,
+  base: u32,
 }
 
 @group(0) @binding(0) var<storage, read> in0: array<{{IN0_T}}>;
@@ -25,12 +28,13 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let i = gid.x + gid.y * nwg.x * 256u;
-  if (i >= p.n) { return; }
-  var i0 = i; var i1 = i; var i2 = i;
+  let li = gid.x + gid.y * nwg.x * 256u;
+  if (li >= p.n) { return; }
+  let i = p.base + li;
+  var i0 = li; var i1 = li; var i2 = li;
   if (!FAST) {
     i0 = 0u; i1 = 0u; i2 = 0u;
-    var r = i;
+    var r = li;
     for (var d = 7; d >= 0; d--) {
       let du = u32(d);
       let ext = at8(p.shape, du);
@@ -48,5 +52,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   var x2 = {{CT}}(0);
   if (NIN > 1u) { x1 = {{CT}}(in1[p.off1 + i1]); }
   if (NIN > 2u) { x2 = {{CT}}(in2[p.off2 + i2]); }
-  out[p.offOut + i] = {{OUT_T}}({{EXPR}});
+  out[p.offOut + li] = {{OUT_T}}({{EXPR}});
 }

@@ -127,8 +127,10 @@ export function backward(root: Tensor, grad?: Tensor): void {
         if (parent) {
           const prev = grads.get(parent);
           grads.set(parent, prev ? accumulate(prev, gi) : gi);
-        } else if (leaf) {
+        } else if (leaf && !leaf.isDisposed) {
           leaf.grad = keep(leaf.grad ? accumulate(leaf.grad, gi) : gi);
+        } else {
+          gi.dispose(); // a leaf disposed since the forward: its .grad would leak
         }
       });
     }

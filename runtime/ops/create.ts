@@ -1,5 +1,5 @@
 // Tensor creation: from host data, fill/arange, and the seeded counter-based RNG.
-import { device, f32 } from '../device.ts';
+import { type Param, device, f32, i32 } from '../device.ts';
 import { type DType, type HostArray, dtypeBytes } from '../dtype.ts';
 import { Tensor, checkShape, numel, type Shape } from '../tensor.ts';
 import { bindRange, grid1d } from './util.ts';
@@ -38,17 +38,27 @@ export async function readTensor(t: Tensor): Promise<HostArray> {
   return t.dtype === 'f32' ? new Float32Array(bytes) : t.dtype === 'i32' ? new Int32Array(bytes) : new Uint32Array(bytes);
 }
 
-/** t = value + step * i (in place). */
+/** t = value + step * i (in place); integer tensors count in integers, wrapping like C. */
 export function fillInto(t: Tensor, value: number, step = 0): Tensor {
-  if (t.size === 0) return t;
-  const r = bindRange(t);
-  device().dispatch({
-    kernel: 'fill',
-    defines: { T: t.dtype },
-    buffers: [r.binding],
-    params: [t.size, r.elemOffset, f32(value), f32(step)],
-    workgroups: grid1d(t.size),
-  });
+  const n = t.size;
+  const ct = t.dtype === 'f16' ? 'f32' : t.dtype;
+  // Integer params wrap modulo 2^32 when written (Int32Array / Uint32Array semantics).
+  const param = (x: number): Param => (ct === 'f32' ? f32(x) : ct === 'i32' ? i32(x) : x);
+  // Past the binding limit, fill in chunks of bound sub-ranges.
+  const chunk = Math.floor((device().maxBinding - 256) / 4 / 256) * 256;
+  for (let start = 0; start < n; start += chunk) {
+    const len = Math.min(chunk, n - start);
+    const part = len === n ? t : t.view([len], t.offset + start);
+    const r = bindRange(part);
+    device().dispatch({
+      kernel: 'fill',
+      defines: { T: t.dtype, CT: ct },
+      buffers: [r.binding],
+      params: [len, r.elemOffset, param(value + step * start), param(step)],
+      workgroups: grid1d(len),
+    });
+    if (part !== t) part.dispose();
+  }
   return t;
 }
 

@@ -23,7 +23,8 @@ export interface MapOptions {
  */
 export function map(expr: string, inputs: Tensor[], opts: MapOptions = {}): Tensor {
   if (inputs.length < 1 || inputs.length > 3) throw new Error('map takes 1 to 3 inputs');
-  const shape = broadcastShapes(...inputs.map((t) => t.shape), opts.shape ?? []);
+  for (const t of inputs) t.assertLive();
+  const shape = broadcastShapes(...inputs.map((t) => t.shape), ...(opts.shape ? [opts.shape] : []));
   const dtype = opts.dtype ?? inputs[0].dtype;
   const out = Tensor.empty(shape, dtype);
   mapInto(out, expr, inputs, opts);
@@ -61,7 +62,7 @@ export function mapInto(out: Tensor, expr: string, inputs: Tensor[], opts: MapOp
       params: [
         ...pad8(fast ? [len] : out.shape, 1), ...strides[0], ...strides[1], ...strides[2],
         len, ranges[0].elemOffset, ranges[1].elemOffset, ranges[2].elemOffset, ranges[3].elemOffset,
-        f32(opts.alpha ?? 0), f32(opts.beta ?? 0),
+        f32(opts.alpha ?? 0), f32(opts.beta ?? 0), start,
       ],
       workgroups: grid1d(len),
     });
@@ -94,6 +95,7 @@ export type UnaryOp = keyof typeof UNARY;
 export const unaryOps = Object.keys(UNARY) as UnaryOp[];
 
 export function unary(op: UnaryOp, x: Tensor): Tensor {
+  if (!isFloat(x.dtype)) throw new Error(`${op} needs a float tensor, got [${x.shape.join(', ')}] ${x.dtype}`);
   const { f, df } = UNARY[op];
   const y = map(f, [x]);
   return record(op, y, [x], [x, y], (g, [xs, ys]) => [map(df, [g, xs, ys])]);
@@ -163,7 +165,7 @@ export const minimum = (a: Tensor, b: Tensor): Tensor =>
 
 /** cond ? a : b (cond nonzero), gradient flows to the chosen side. */
 export function where(cond: Tensor, a: Tensor, b: Tensor): Tensor {
-  const y = map('select(x2, x1, x0 != 0.0)', [cond, a, b], { dtype: a.dtype });
+  const y = map('select(x2, x1, x0 != 0)', [cond, a, b], { dtype: a.dtype });
   return record('where', y, [null, a, b], [cond], (g, [c]) => [
     null,
     sumTo(map('select(0.0, x1, x0 != 0.0)', [c, g]), a.shape, true),

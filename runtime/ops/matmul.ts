@@ -1,14 +1,46 @@
 // Batched matmul with transposes and a fused bias + activation epilogue (kernels/matmul.wgsl).
-import { device } from '../device.ts';
+import { device, type Binding } from '../device.ts';
 import { record, needsGrad } from '../autograd.ts';
 import { Tensor, numel } from '../tensor.ts';
 import { bindRange, broadcastShapes } from './util.ts';
-import { unary } from './elementwise.ts';
+import { map, unary } from './elementwise.ts';
 import { sum, sumTo } from './reduce.ts';
-import { expand } from './shape.ts';
 
 export type Activation = 'none' | 'relu' | 'gelu' | 'geluTanh' | 'silu';
 const ACT: Record<Activation, number> = { none: 0, relu: 1, gelu: 2, geluTanh: 3, silu: 4 };
+
+/** How the matmul kernel tiles C (see kernels/matmul.wgsl). */
+export interface MatmulTile {
+  /** rows per workgroup (every thread computes all of them) */
+  tm: number;
+  /** groups of 4 columns per thread */
+  tn4: number;
+  /** threads per workgroup */
+  wx: number;
+  /** lanes sharing the loads of A through subgroupShuffle (1: none) */
+  group: number;
+}
+
+/**
+ * Tile sizes, measured on lavapipe (see the comment atop kernels/matmul.wgsl). CPU adapters
+ * get 8-thread workgroups (one SIMD row of llvmpipe) and the largest register tile NIR still
+ * unrolls; GPUs get 64 threads and a smaller tile (a conventional start, not tuned on one).
+ */
+export function matmulTileFor(m: number, vecB: boolean): MatmulTile {
+  const d = device();
+  const cpu = d.adapterInfo.isFallbackAdapter || d.adapterInfo.architecture === 'software';
+  // Shuffles within aligned groups of 8 lanes are right for every subgroup size that is a multiple of 8.
+  const group8 = d.hasSubgroups && (d.adapterInfo.subgroupMinSize ?? 0) >= 8;
+  const cap = !cpu ? 16 : vecB ? 32 : 16;
+  const tm = m <= 2 ? m : m <= 4 ? 4 : Math.min(cap, Math.ceil(m / 8) * 8);
+  return { tm, tn4: cpu && vecB ? 2 : 1, wx: cpu ? 8 : 64, group: group8 && tm % 8 === 0 ? 8 : 1 };
+}
+
+/** The same bytes viewed as array<vec4<T>>: whole 16-byte units (pool buffers are multiples of 16). */
+function vec4View(b: Binding): Binding {
+  const offset = b.offset ?? 0;
+  return { buffer: b.buffer, offset, size: Math.min(Math.ceil((b.size ?? b.buffer.size - offset) / 16) * 16, b.buffer.size - offset) };
+}
 
 export interface MatmulOptions {
   transA?: boolean;
@@ -19,7 +51,8 @@ export interface MatmulOptions {
 }
 
 /** Launches the kernel for a [batch..., M, K] x [batch..., K, N] product (no autograd). */
-function launch(a: Tensor, b: Tensor, o: MatmulOptions): Tensor {
+function launch(a: Tensor, b: Tensor, o: MatmulOptions, tile?: MatmulTile): Tensor {
+  for (const t of [a, b, o.bias]) t?.assertLive();
   if (a.rank < 2 || b.rank < 2) throw new Error(`matmul needs rank >= 2 operands, got [${a.shape}] and [${b.shape}]`);
   if (a.dtype !== b.dtype) throw new Error(`matmul: dtypes differ (${a.dtype} vs ${b.dtype})`);
   const [ar, ac] = a.shape.slice(-2);
@@ -33,27 +66,45 @@ function launch(a: Tensor, b: Tensor, o: MatmulOptions): Tensor {
   const batchB = b.shape.slice(0, -2);
   const batch = broadcastShapes(batchA, batchB);
   const nb = numel(batch);
-  // An operand is either batched like the output or shared by every batch (stride 0).
-  const strideOf = (t: Tensor, bs: number[]): number => {
-    if (numel(bs) === nb && bs.length === batch.length) return t.shape.at(-1)! * t.shape.at(-2)!;
-    if (numel(bs) === 1) return 0;
-    throw new Error(`matmul: batch shapes [${batchA}] and [${batchB}] need expand() first`);
-  };
-  const sA = strideOf(a, batchA);
-  const sB = strideOf(b, batchB);
   const out = Tensor.empty([...batch, m, n], a.dtype);
   if (out.size === 0) return out;
-  const ra = bindRange(a);
-  const rb = bindRange(b);
+  // The kernel reads an operand either batched like the output or shared by every batch
+  // (stride 0); any other batch broadcast ([2,1] against [1,3]) is materialised first.
+  const full = (t: Tensor, bs: number[]): Tensor =>
+    numel(bs) === 1 || numel(bs) === nb ? t : map('x0', [t], { shape: [...batch, ...t.shape.slice(-2)] });
+  const fa = full(a, batchA);
+  const fb = full(b, batchB);
+  const strideOf = (t: Tensor, bs: number[]): number => (numel(bs) === 1 ? 0 : t.shape.at(-1)! * t.shape.at(-2)!);
+  const sA = strideOf(fa, batchA);
+  const sB = strideOf(fb, batchB);
+  const ra = bindRange(fa);
+  const rb = bindRange(fb);
   const rbias = bindRange(o.bias ?? a);
+  // vec4 reads need the contiguous axis and the start to be multiples of 4 elements.
+  const vecA = !o.transA && k % 4 === 0 && ra.elemOffset % 4 === 0;
+  const vecB = (o.transB ? k % 4 === 0 : n % 4 === 0) && rb.elemOffset % 4 === 0;
+  const t = tile ?? matmulTileFor(m, vecB);
+  if (t.tm % t.group !== 0) throw new Error(`matmul: tile rows ${t.tm} must be a multiple of the lane group ${t.group}`);
+  const sg = t.group > 1;
+  if (sg && !device().hasSubgroups) throw new Error(`matmul: a lane group of ${t.group} needs the adapter's 'subgroups' feature`);
   device().dispatch({
     kernel: 'matmul',
-    defines: { T: a.dtype },
-    constants: { TA: o.transA ? 1 : 0, TB: o.transB ? 1 : 0, HAS_BIAS: o.bias ? 1 : 0, ACT: ACT[o.act ?? 'none'] },
-    buffers: [ra.binding, rb.binding, rbias.binding, out.binding()],
+    defines: {
+      T: a.dtype, TM: t.tm, TN4: t.tn4, GROUP: t.group,
+      ENABLE: sg ? 'enable subgroups;' : '',
+      LANE: sg ? '@builtin(subgroup_invocation_id)' : '@builtin(local_invocation_index)',
+      BCAST: sg ? 'subgroupShuffle(v, lane)' : 'v',
+    },
+    constants: {
+      TA: o.transA ? 1 : 0, TB: o.transB ? 1 : 0, HAS_BIAS: o.bias ? 1 : 0, ACT: ACT[o.act ?? 'none'],
+      WX: t.wx, VEC_A: vecA ? 1 : 0, VEC_B: vecB ? 1 : 0,
+    },
+    buffers: [ra.binding, rb.binding, rbias.binding, out.binding(), vec4View(ra.binding), vec4View(rb.binding)],
     params: [m, n, k, sA, sB, m * n, ra.elemOffset, rb.elemOffset, 0, rbias.elemOffset],
-    workgroups: [Math.ceil(n / 64), Math.ceil(m / 64), nb],
+    workgroups: [Math.ceil(n / (4 * t.tn4 * t.wx)), Math.ceil(m / t.tm), nb],
   });
+  if (fa !== a) fa.dispose();
+  if (fb !== b) fb.dispose();
   return out;
 }
 
@@ -92,20 +143,10 @@ export function matmul(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tensor {
   });
 }
 
-function mm(x: Tensor, y: Tensor, transA: boolean, transB: boolean): Tensor {
-  // Gradient products whose batch shapes differ (a shared operand) need both batched.
-  if (x.rank !== y.rank && x.rank > 2 && y.rank > 2) {
-    const big = x.rank > y.rank ? x : y;
-    const batch = big.shape.slice(0, -2);
-    const e = (t: Tensor) => (t === big ? t : expand(t, [...batch, ...t.shape.slice(-2)]));
-    const ex = e(x), ey = e(y);
-    const r = launch(ex, ey, { transA, transB });
-    if (ex !== x) ex.dispose();
-    if (ey !== y) ey.dispose();
-    return r;
-  }
-  return launch(x, y, { transA, transB });
-}
+const mm = (x: Tensor, y: Tensor, transA: boolean, transB: boolean): Tensor => launch(x, y, { transA, transB });
+
+/** One launch of the kernel with an explicit tile: no autograd, no batch folding (tests, benchmarks). */
+export const matmulKernel = (a: Tensor, b: Tensor, o: MatmulOptions, tile: MatmulTile): Tensor => launch(a, b, o, tile);
 
 /** y = x Wᵀ + b with W [out, in], as torch.nn.functional.linear. */
 export const linear = (x: Tensor, w: Tensor, b?: Tensor, act: Activation = 'none'): Tensor =>

@@ -1,14 +1,17 @@
 // Reductions (sum, mean, max, min, argmax, argmin) over one axis or several, on kernels/reduce.wgsl.
 import { device, f32 } from '../device.ts';
-import { record } from '../autograd.ts';
+import { isFloat } from '../dtype.ts';
+import { needsGrad, record } from '../autograd.ts';
 import { Tensor, numel, withView } from '../tensor.ts';
 import { bindRange, grid1d, normAxis } from './util.ts';
 import { map } from './elementwise.ts';
 
 const OPS = { sum: 0, max: 1, min: 2, argmax: 3, argmin: 4 } as const;
+const WG = 64; // kernels/reduce.wgsl
 type ROp = keyof typeof OPS;
 
 function reduceAxis(op: ROp, x: Tensor, axis: number, keepDims: boolean, scale = 1): Tensor {
+  x.assertLive();
   const a = normAxis(axis, x.rank);
   const outer = numel(x.shape.slice(0, a));
   const r = x.shape[a];
@@ -18,13 +21,17 @@ function reduceAxis(op: ROp, x: Tensor, axis: number, keepDims: boolean, scale =
   const out = Tensor.empty(shape, op === 'argmax' || op === 'argmin' ? 'i32' : x.dtype);
   if (out.size === 0) return out;
   const src = bindRange(x);
+  // A thread per output when axes are short or outputs many and adjacent in memory;
+  // otherwise a workgroup per output (see kernels/reduce.wgsl).
+  const columns = r <= WG || (inner >= WG && outer * inner >= 8192);
   device().dispatch({
     kernel: 'reduce',
-    defines: { IN_T: x.dtype, OUT_T: out.dtype },
+    entry: columns ? 'columns' : 'rows',
+    defines: { IN_T: x.dtype, OUT_T: out.dtype, ACC_T: isFloat(x.dtype) ? 'f32' : x.dtype },
     constants: { OP: OPS[op] },
     buffers: [src.binding, out.binding()],
     params: [outer, r, inner, src.elemOffset, f32(scale)],
-    workgroups: grid1d(outer * inner, 1),
+    workgroups: grid1d(outer * inner, columns ? WG : 1),
   });
   return out;
 }
@@ -51,6 +58,7 @@ export function sum(x: Tensor, axis?: number | number[], keepDims = false): Tens
 }
 
 export function mean(x: Tensor, axis?: number | number[], keepDims = false): Tensor {
+  if (!isFloat(x.dtype)) throw new Error(`mean needs a float tensor, got [${x.shape.join(', ')}] ${x.dtype} (cast it first)`);
   const n = axesOf(x, axis).reduce((acc, a) => acc * x.shape[a], 1);
   return scaledSum('mean', x, axis, keepDims, 1 / n);
 }
@@ -76,6 +84,7 @@ export const min = (x: Tensor, axis: number, keepDims = false): Tensor => extrem
 function extremum(op: 'max' | 'min', x: Tensor, axis: number, keepDims: boolean): Tensor {
   const a = normAxis(axis, x.rank);
   const y = reduceAxis(op, x, a, keepDims);
+  if (!needsGrad(x)) return y;
   const idx = reduceAxis(op === 'max' ? 'argmax' : 'argmin', x, a, true);
   const kept = x.shape.map((d, i) => (i === a ? 1 : d));
   const inner = numel(x.shape.slice(a + 1));

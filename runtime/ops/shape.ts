@@ -115,6 +115,7 @@ export function concat(xs: Tensor[], axis: number): Tensor {
 }
 
 export function stack(xs: Tensor[], axis = 0): Tensor {
+  if (!xs.length) throw new Error('stack of no tensors');
   const a = normAxis(axis, xs[0].rank + 1);
   const parts = xs.map((x) => reshape(x, [...x.shape.slice(0, a), 1, ...x.shape.slice(a)]));
   const y = concat(parts, a);
@@ -124,6 +125,9 @@ export function stack(xs: Tensor[], axis = 0): Tensor {
 
 /** Broadcast x to `shape` (materialised). */
 export function expand(x: Tensor, shape: Shape): Tensor {
+  const lead = shape.length - x.rank;
+  if (lead < 0 || x.shape.some((d, i) => d !== 1 && d !== shape[lead + i]))
+    throw new Error(`expand: [${x.shape.join(', ')}] cannot be broadcast to [${shape.join(', ')}]`);
   const y = map('x0', [x], { shape });
   return record('expand', y, [x], [], (g) => [sumTo(g, x.shape)]);
 }
@@ -134,3 +138,6 @@ export const unsqueeze = (x: Tensor, axis: number): Tensor => {
 };
 
 export const flatten = (x: Tensor, from = 0): Tensor => reshape(x, [...x.shape.slice(0, from), -1]);
+
+/** The same values without gradient history: a view that autograd sees as a constant. */
+export const detach = (x: Tensor): Tensor => x.view(x.shape);

@@ -1,0 +1,186 @@
+// 2D convolution (NCHW, groups = 1) with a fused bias / residual / SiLU epilogue and its
+// gradients (kernels/conv2d.wgsl, implicit GEMM), and nearest 2x upsampling
+// (kernels/upsample.wgsl).
+import { device } from '../device.ts';
+import { record, needsGrad } from '../autograd.ts';
+import { Tensor, withView } from '../tensor.ts';
+import { bindRange, grid1d } from './util.ts';
+import { silu } from './elementwise.ts';
+import { sum } from './reduce.ts';
+
+/** One value for every side, or [top, bottom, left, right] (F.pad lists (left, right, top, bottom)). */
+export type Padding = number | readonly [number, number, number, number];
+
+export interface Conv2dOptions {
+  stride?: number;
+  padding?: Padding;
+  /** added to the output before the activation; shape of the output */
+  residual?: Tensor;
+  act?: 'none' | 'silu';
+}
+
+interface Geometry {
+  n: number; c: number; h: number; w: number;
+  o: number; kh: number; kw: number;
+  oh: number; ow: number;
+  stride: number; padT: number; padL: number;
+}
+
+const TILE = 64; // BM = BN of kernels/conv2d.wgsl
+const BK = 16;
+// grad_weight splits its pixel reduction until about this many workgroups run...
+const TARGET_WORKGROUPS = 256;
+// ...but keeps at least this many pixels per split.
+const MIN_SPLIT_PIXELS = 256;
+
+function geometry(x: Tensor, w: Tensor, b: Tensor | undefined, o: Conv2dOptions): Geometry {
+  const shp = (t: Tensor) => `[${t.shape.join(', ')}]`;
+  if (x.rank !== 4) throw new Error(`conv2d: input x must be [N, C, H, W], got ${shp(x)}`);
+  if (w.rank !== 4) throw new Error(`conv2d: weight w must be [O, C, KH, KW], got ${shp(w)}`);
+  for (const [name, t] of [['input x', x], ['weight w', w], ['bias b', b], ['residual', o.residual]] as const) {
+    if (t && t.dtype !== 'f32' && t.dtype !== 'f16') throw new Error(`conv2d: ${name} is ${t.dtype}; conv2d takes f32 or f16`);
+    if (t && t.dtype !== x.dtype) throw new Error(`conv2d: ${name} is ${t.dtype} but input x is ${x.dtype}`);
+  }
+  const [n, c, h, wd] = x.shape;
+  const [oc, wc, kh, kw] = w.shape;
+  if (wc !== c) throw new Error(`conv2d: weight w ${shp(w)} expects ${wc} input channels, input x ${shp(x)} has ${c} (groups = 1 only)`);
+  if (b && (b.rank !== 1 || b.shape[0] !== oc)) throw new Error(`conv2d: bias b ${shp(b)} must be [${oc}]`);
+  const stride = o.stride ?? 1;
+  if (!Number.isInteger(stride) || stride < 1) throw new Error(`conv2d: stride ${stride} must be a positive integer`);
+  const pad = o.padding ?? 0;
+  const [padT, padB, padL, padR] = typeof pad === 'number' ? [pad, pad, pad, pad] : pad;
+  if (![padT, padB, padL, padR].every((v) => Number.isInteger(v) && v >= 0))
+    throw new Error(`conv2d: padding ${JSON.stringify(pad)} must be non-negative integers (one, or [top, bottom, left, right])`);
+  const oh = Math.floor((h + padT + padB - kh) / stride) + 1;
+  const ow = Math.floor((wd + padL + padR - kw) / stride) + 1;
+  if (oh < 1 || ow < 1 || kh < 1 || kw < 1)
+    throw new Error(`conv2d: a ${kh}x${kw} kernel does not fit input ${shp(x)} with padding ${JSON.stringify(pad)}`);
+  if (o.residual && o.residual.shape.join() !== [n, oc, oh, ow].join())
+    throw new Error(`conv2d: residual ${shp(o.residual)} must have the output's shape [${[n, oc, oh, ow].join(', ')}]`);
+  return { n, c, h, w: wd, o: oc, kh, kw, oh, ow, stride, padT, padL };
+}
+
+// Params of kernels/conv2d.wgsl: the geometry, 4 element offsets, then per-entry fields.
+const dims = (g: Geometry) => [g.n, g.c, g.h, g.w, g.o, g.oh, g.ow, g.kh, g.kw, g.stride, g.padT, g.padL];
+
+function forward(x: Tensor, w: Tensor, b: Tensor | undefined, res: Tensor | undefined, act: 'none' | 'silu', g: Geometry): Tensor {
+  const y = Tensor.empty([g.n, g.o, g.oh, g.ow], x.dtype);
+  // Absent bias / residual bind x in their place; the kernel never reads them.
+  const r = [x, w, b ?? x, res ?? x].map(bindRange);
+  device().dispatch({
+    kernel: 'conv2d',
+    entry: 'forward',
+    defines: { T: x.dtype },
+    buffers: [...r.map((v) => v.binding), y.binding()],
+    params: [...dims(g), ...r.map((v) => v.elemOffset), 0, b ? 1 : 0, res ? 1 : 0, act === 'silu' ? 4 : 0],
+    workgroups: [Math.ceil((g.n * g.oh * g.ow) / TILE), Math.ceil(g.o / TILE)],
+  });
+  return y;
+}
+
+/** dX: a transposed convolution of dY, one grid layer per stride phase. */
+function gradInput(dy: Tensor, w: Tensor, g: Geometry): Tensor {
+  const dx = Tensor.empty([g.n, g.c, g.h, g.w], dy.dtype);
+  const r = [dy, w].map(bindRange);
+  const phase0 = g.n * Math.ceil(g.h / g.stride) * Math.ceil(g.w / g.stride);
+  device().dispatch({
+    kernel: 'conv2d',
+    entry: 'grad_input',
+    defines: { T: dy.dtype },
+    buffers: [...r.map((v) => v.binding), dx.binding()],
+    params: [...dims(g), r[0].elemOffset, r[1].elemOffset, 0, 0],
+    workgroups: [Math.ceil(phase0 / TILE), Math.ceil(g.c / TILE), g.stride * g.stride],
+  });
+  return dx;
+}
+
+/** dW as a GEMM reducing over the output pixels, split into f32 partial sums when that adds parallelism. */
+function gradWeight(dy: Tensor, x: Tensor, g: Geometry): Tensor {
+  const k = g.c * g.kh * g.kw;
+  const pixels = g.n * g.oh * g.ow;
+  const tiles = Math.ceil(g.o / TILE) * Math.ceil(k / TILE);
+  const want = Math.max(1, Math.min(Math.ceil(TARGET_WORKGROUPS / tiles), Math.floor(pixels / MIN_SPLIT_PIXELS)));
+  const chunk = Math.max(BK, Math.ceil(pixels / want / BK) * BK);
+  const splits = Math.ceil(pixels / chunk);
+  const shape = [g.o, g.c, g.kh, g.kw];
+  const part = Tensor.empty([splits, ...shape], 'f32');
+  const r = [x, dy].map(bindRange);
+  const dev = device();
+  dev.dispatch({
+    kernel: 'conv2d',
+    entry: 'grad_weight',
+    defines: { T: x.dtype },
+    buffers: [...r.map((v) => v.binding), part.binding()],
+    params: [...dims(g), r[0].elemOffset, r[1].elemOffset, 0, 0, chunk],
+    workgroups: [Math.ceil(k / TILE), Math.ceil(g.o / TILE), splits],
+  });
+  if (splits === 1 && x.dtype === 'f32') {
+    const dw = part.view(shape);
+    part.dispose();
+    return dw;
+  }
+  const dw = Tensor.empty(shape, x.dtype);
+  dev.dispatch({
+    kernel: 'conv2d',
+    entry: 'reduce_splits',
+    defines: { T: x.dtype },
+    buffers: [part.binding(), dw.binding()],
+    params: [dw.size, splits],
+    workgroups: grid1d(dw.size),
+  });
+  part.dispose();
+  return dw;
+}
+
+/**
+ * y = act(conv2d(x, w) + b + residual) as torch.nn.functional.conv2d on NCHW input
+ * x [N, C, H, W] and weight w [O, C, KH, KW] (groups = 1), f32 or f16 storage with f32
+ * accumulation. Padding may be asymmetric: [top, bottom, left, right] (diffusers'
+ * Downsample2D pads (0, 1, 0, 1) before its stride-2 3x3 conv). With gradients on and an
+ * activation, the activation runs as its own op so its backward sees the pre-activation.
+ */
+export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOptions = {}): Tensor {
+  const g = geometry(x, w, b, opts);
+  const act = opts.act ?? 'none';
+  const res = opts.residual;
+  if (act !== 'none' && needsGrad(x, w, b, res)) {
+    const pre = conv2d(x, w, b, { ...opts, act: 'none' });
+    const y = silu(pre);
+    pre.dispose();
+    return y;
+  }
+  const y = forward(x, w, b, res, act, g);
+  // Save only what the needed gradients read: dX reads w, dW reads x.
+  const wantX = needsGrad(x);
+  const wantW = needsGrad(w);
+  const saved = [...(wantW ? [x] : []), ...(wantX ? [w] : [])];
+  return record('conv2d', y, [x, w, b ?? null, res ?? null], saved, (dy, s) => [
+    wantX ? gradInput(dy, s[s.length - 1], g) : null,
+    wantW ? gradWeight(dy, s[0], g) : null,
+    b ? withView(dy, [g.n, g.o, g.oh * g.ow], (v) => sum(v, [0, 2])) : null,
+    res ? dy.view(dy.shape) : null,
+  ]);
+}
+
+function upsampleLaunch(entry: 'forward' | 'backward', src: Tensor, outShape: number[], inPixels: number, w: number): Tensor {
+  const out = Tensor.empty(outShape, src.dtype);
+  if (inPixels === 0) return out;
+  const r = bindRange(src);
+  device().dispatch({
+    kernel: 'upsample',
+    entry,
+    defines: { T: src.dtype },
+    buffers: [r.binding, out.binding()],
+    params: [inPixels, w, r.elemOffset],
+    workgroups: grid1d(inPixels),
+  });
+  return out;
+}
+
+/** Nearest-neighbour 2x upsampling of [N, C, H, W], as F.interpolate(x, scale_factor=2, mode='nearest'). */
+export function upsampleNearest2x(x: Tensor): Tensor {
+  if (x.rank !== 4) throw new Error(`upsampleNearest2x: input x must be [N, C, H, W], got [${x.shape.join(', ')}]`);
+  const [n, c, h, w] = x.shape;
+  const y = upsampleLaunch('forward', x, [n, c, 2 * h, 2 * w], x.size, w);
+  return record('upsampleNearest2x', y, [x], [], (g) => [upsampleLaunch('backward', g, [n, c, h, w], x.size, w)]);
+}
