@@ -4,11 +4,12 @@
 // parameters (outside any tidy scope) until dispose().
 import { Tensor, keep, type Shape } from './tensor.ts';
 import { noGrad } from './autograd.ts';
-import { rand, tensor, type Generator as Rng } from './ops/create.ts';
+import { rand, type Generator as Rng } from './ops/create.ts';
 import { linear, type Activation } from './ops/matmul.ts';
 import { copyStrided } from './ops/shape.ts';
 import { stridesOf } from './ops/util.ts';
 import { f32ToF16, type SafetensorsFile, type TensorToWrite } from './safetensors.ts';
+import { loadTensor } from './load.ts';
 import type { DType } from './dtype.ts';
 
 const NAME = /^[A-Za-z0-9_]+$/;
@@ -72,7 +73,7 @@ export class Module {
   async loadSafetensors(file: SafetensorsFile, strict = true): Promise<void> {
     const own = this.matchState(file.keys().map((k) => [k, file.info(k).shape]), strict, 'loadSafetensors');
     for (const [k, dst] of Object.entries(own)) {
-      const src = tensor(await file.readF32(k), dst.shape);
+      const src = await loadTensor(file, k, dst.dtype);
       noGrad(() => copyInto(src, dst));
       src.dispose();
     }

@@ -6,9 +6,10 @@ import { device, f32, type Param } from './device.ts';
 import { isFloat } from './dtype.ts';
 import { Tensor, keep } from './tensor.ts';
 import { bindRange, grid1d, stridesOf } from './ops/util.ts';
-import { tensor, zeros } from './ops/create.ts';
+import { zeros } from './ops/create.ts';
 import { copyStrided } from './ops/shape.ts';
 import { toSafetensorsEntries } from './nn.ts';
+import { loadTensor } from './load.ts';
 import type { SafetensorsFile, TensorToWrite } from './safetensors.ts';
 
 // ---- learning-rate schedules -------------------------------------------------------------
@@ -186,7 +187,7 @@ export abstract class Optimizer<H extends Hyper = Hyper> {
   async loadSafetensors(file: SafetensorsFile): Promise<void> {
     const tensors: Record<string, Tensor> = {};
     try {
-      for (const k of file.keys()) tensors[k] = tensor(await file.readF32(k), file.info(k).shape);
+      for (const k of file.keys()) tensors[k] = await loadTensor(file, k, 'f32');
       this.loadStateDict(optimizerStateFromTensors(tensors, file.metadata));
     } finally {
       for (const t of Object.values(tensors)) t.dispose();

@@ -10,6 +10,8 @@ import { type Tensor, Generator, getDevice, mean, square, stack, sub, tanh, tens
 import { Linear, Module, ModuleList } from '../runtime/nn.ts';
 import { AdamW, type LrSchedule, clipGradNorm, warmupCosine } from '../runtime/optim.ts';
 import { seededRandom } from '../runtime/gradcheck.ts';
+import { SafetensorsFile, bufferSource, serializeSafetensors } from '../runtime/safetensors.ts';
+import { roundToF16 } from './ref/cpu.ts';
 import { openSafetensors, saveSafetensors } from '../runtime/platform/node-fs.ts';
 
 const [D, H, N] = [3, 16, 61];
@@ -243,6 +245,31 @@ describe('Module', () => {
     const before = tensorCount();
     net.dispose();
     expect(tensorCount()).toBe(before - 4);
+  });
+
+  it('safetensors round trip keeps f16 parameters f16, and checks shapes before loading', async () => {
+    class Half extends Module {
+      readonly w: Tensor;
+      readonly b: Tensor;
+      constructor(w: number[], b: number[]) {
+        super();
+        this.w = this.param('w', tensor(w, [w.length], 'f16'));
+        this.b = this.param('b', tensor(b, [b.length]));
+      }
+    }
+    const a = new Half([0.1, -2.5, 3], [1, 2]);
+    const entries = await a.toSafetensors();
+    expect([entries.w.dtype, entries.b.dtype]).toEqual(['F16', 'F32']);
+    const file = await SafetensorsFile.open(bufferSource(Buffer.concat(serializeSafetensors(entries))));
+    const b = new Half([0, 0, 0], [0, 0]);
+    await b.loadSafetensors(file);
+    expect(b.w.dtype).toBe('f16');
+    expect(await b.w.toArray()).toEqual([roundToF16(0.1), -2.5, 3]);
+    expect(await b.b.toArray()).toEqual([1, 2]);
+    const c = new Half([0, 0, 0, 0], [5, 6]);
+    await expect(c.loadSafetensors(file)).rejects.toThrow(/Half.loadSafetensors: 'w' is \[3\] in the source but \[4\] in the module/);
+    expect(await c.b.toArray()).toEqual([5, 6]); // nothing loaded
+    [a, b, c].forEach((m) => m.dispose());
   });
 
   it('Linear draws torch.nn.Linear init from a seeded generator', async () => {
