@@ -22,7 +22,7 @@ const TK = {{TK}}u;    // codes per tile
 const EPS = 1e-12;
 
 struct Params {
-  m: u32,        // queries (N·S), or rows of x for normalize
+  m: u32,        // vectors (N·S)
   c: u32,        // C, the vector length
   k: u32,        // K, codes
   s: u32,        // S, the spatial size (stride of the C axis)
@@ -33,11 +33,11 @@ struct Params {
 }
 
 // Bindings per entry point ((w) = written):
-//   nearest         z0 codes1 bestIdx2(w) bestDist3(w)  params4
-//   pick            partIdx0 partDist1 idxOut2(w)        params3
-//   lookup          ids0 codes1 out2(w)                  params3
-//   normalize       z0 out1(w)                           params2
-//   normalize_grad  z0 g1 out2(w)                        params3
+//   nearest         z0 codes1 bestIdx2(w) bestDist3(w)               params4
+//   pick            ids0 (the splits' bestIdx) partDist1 bestIdx2(w)  params3
+//   lookup          ids0 codes1 outC2(w)                              params3
+//   normalize       z0 normOut1(w)                                    params2
+//   normalize_grad  z0 g1 gradOut2(w)                                 params3
 @group(0) @binding(0) var<storage, read> z: array<{{TZ}}>;
 @group(0) @binding(1) var<storage, read> codes: array<{{TC}}>;
 @group(0) @binding(2) var<storage, read_write> bestIdx: array<i32>;
@@ -139,9 +139,9 @@ fn nearest(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 }
 
 @compute @workgroup_size(WG)
-fn pick(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn pick(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let q = p3;
-  let r = gid.x;
+  let r = gid.x + gid.y * nwg.x * WG;
   if (r >= q.m) { return; }
   var d = partDist[r];
   var k = ids[r];

@@ -11,10 +11,13 @@
 //   GREEDY: the lowest index of the largest l (argmax; temperature ignored).
 // The thresholds are found without sorting: a logit's order-preserving u32 key is selected bit
 // by bit, most significant first (radix selection, one counting or mass pass per bit over the
-// row, which stays in global memory and the cache).
+// row, which stays in global memory and the cache); bits that the smallest and largest
+// candidates share are known, which skips passes.
 override CFG: bool = false;
 override GREEDY: bool = false;
-const WG = 256u;
+// Threads per row, a power of two: fewer for short rows (each bit of a selection costs a
+// reduction over them).
+override WG: u32 = 256u;
 const NONE = 0xffffffffu;
 
 struct Params {
@@ -54,52 +57,54 @@ fn key(x: f32) -> u32 {
   return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
 
+// Reductions over the workgroup. Each starts with a barrier: every thread has read the
+// previous result. workgroupUniformLoad hands every thread the result as a uniform value
+// (loops that contain barriers may depend on it).
 fn maxF(x: f32, lid: u32) -> f32 {
+  workgroupBarrier();
   redF[lid] = x;
-  workgroupBarrier();
   for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) { redF[lid] = max(redF[lid], redF[lid + s]); }
     workgroupBarrier();
+    if (lid < s) { redF[lid] = max(redF[lid], redF[lid + s]); }
   }
-  let r = redF[0];
-  workgroupBarrier();
-  return r;
+  return workgroupUniformLoad(&redF[0]);
 }
 
 fn sumF(x: f32, lid: u32) -> f32 {
+  workgroupBarrier();
   redF[lid] = x;
-  workgroupBarrier();
   for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) { redF[lid] += redF[lid + s]; }
     workgroupBarrier();
+    if (lid < s) { redF[lid] += redF[lid + s]; }
   }
-  let r = redF[0];
-  workgroupBarrier();
-  return r;
+  return workgroupUniformLoad(&redF[0]);
 }
 
 fn sumU(x: u32, lid: u32) -> u32 {
+  workgroupBarrier();
   redU[lid] = x;
-  workgroupBarrier();
   for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) { redU[lid] += redU[lid + s]; }
     workgroupBarrier();
+    if (lid < s) { redU[lid] += redU[lid + s]; }
   }
-  let r = redU[0];
-  workgroupBarrier();
-  return r;
+  return workgroupUniformLoad(&redU[0]);
 }
 
 fn minU(x: u32, lid: u32) -> u32 {
+  workgroupBarrier();
   redU[lid] = x;
-  workgroupBarrier();
   for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) { redU[lid] = min(redU[lid], redU[lid + s]); }
     workgroupBarrier();
+    if (lid < s) { redU[lid] = min(redU[lid], redU[lid + s]); }
   }
-  let r = redU[0];
-  workgroupBarrier();
-  return r;
+  return workgroupUniformLoad(&redU[0]);
+}
+
+// Where a search for the largest key with some property starts when every candidate lies in
+// [lo, hi]: the bits they share, and how many bits below them are left to decide.
+fn searchStart(lo: u32, hi: u32) -> vec2<u32> {
+  let bits = 32u - countLeadingZeros(lo ^ hi);
+  return vec2<u32>(lo & ~select((1u << bits) - 1u, 0xffffffffu, bits == 32u), bits);
 }
 
 // Mass exp(l - m) of the tokens with key >= t.
@@ -118,9 +123,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (row >= p.rows) { return; }
   let dst = p.outOff + row * p.outStride;
 
-  var m = -0x1.fffffep+127;
-  for (var v = lid; v < p.v; v += WG) { m = max(m, logit(row, v)); }
-  m = maxF(m, lid);
+  var hi = -0x1.fffffep+127;
+  var lo = 0x1.fffffep+127;
+  for (var v = lid; v < p.v; v += WG) {
+    let l = logit(row, v);
+    hi = max(hi, l);
+    lo = min(lo, l);
+  }
+  let m = maxF(hi, lid);
 
   if (GREEDY) {
     var first = NONE;
@@ -136,9 +146,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 
   // Kept: key >= thr. top-k: the largest thr with at least k keys >= thr.
-  var thr = 0u;
+  let keyMax = key(m);
+  var thr = key(-maxF(-lo, lid));
   if (p.topK > 0u && p.topK < p.v) {
-    for (var bit = 32u; bit > 0u; bit--) {
+    let start = searchStart(thr, keyMax);
+    thr = start.x;
+    for (var bit = start.y; bit > 0u; bit--) {
       let cand = thr | (1u << (bit - 1u));
       var n = 0u;
       for (var v = lid; v < p.v; v += WG) { n += select(0u, 1u, key(logit(row, v)) >= cand); }
@@ -149,16 +162,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   // above it hold at most p, so it is the last token the nucleus needs.
   if (p.topP < 1.0) {
     let goal = p.topP * massFrom(row, thr, m, lid);
-    var t = 0u;
-    for (var bit = 32u; bit > 0u; bit--) {
+    let start = searchStart(thr, keyMax);
+    var t = start.x;
+    for (var bit = start.y; bit > 0u; bit--) {
       let cand = t | (1u << (bit - 1u));
       if (massFrom(row, max(cand, thr), m, lid) > goal) { t = cand; }
     }
     thr = max(t, thr);
   }
 
-  // Draw: thread lid owns the tokens [v0, v1) and their kept mass s; an inclusive scan of s
-  // over the threads finds the thread whose range holds the target, which walks its tokens.
+  // Draw at u·(kept mass): thread lid owns the tokens [v0, v1) and their kept mass s; an
+  // inclusive scan of s over the threads finds the thread whose range holds that point, which
+  // walks its tokens.
   let chunk = (p.v + WG - 1u) / WG;
   let v0 = min(lid * chunk, p.v);
   let v1 = min(v0 + chunk, p.v);
@@ -167,6 +182,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let l = logit(row, v);
     if (key(l) >= thr) { s += exp(l - m); }
   }
+  workgroupBarrier();
   redF[lid] = s;
   workgroupBarrier();
   for (var off = 1u; off < WG; off <<= 1u) {
@@ -180,8 +196,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let excl = select(0.0, redF[max(lid, 1u) - 1u], lid > 0u);
   let u = unit_(philox_(vec4<u32>(row, p.stepLo, p.stepHi, 0u), vec2<u32>(p.seedLo, p.seedHi)).x);
   let at = u * redF[WG - 1u];
-  // The first thread with mass whose inclusive sum passes the target; if rounding leaves
-  // none, the last thread with mass.
+  // The first thread with mass whose inclusive sum passes `at`; if rounding leaves none, the
+  // last thread with mass.
   let first = minU(select(NONE, lid, s > 0.0 && incl > at), lid);
   let lastRev = minU(select(NONE, WG - 1u - lid, s > 0.0), lid);
   let owner = select(select(WG - 1u - lastRev, 0u, lastRev == NONE), first, first != NONE);

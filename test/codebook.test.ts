@@ -162,6 +162,7 @@ describe('nearestCode', () => {
     ['[M, C] rows, C = 5 (padded to 8), one tile', [33, 5], 250],
     ['[N, C, L], C = 5, several tiles and splits', [2, 5, 41], 1000],
     ['C = 256 (one query per thread, long vectors)', [2, 256, 3, 5], 300],
+    ['2175 queries (8 per thread), C = 8', [3, 8, 29, 25], 700],
   ])('%s', async (_, shape, k) => {
     const c = shape[1];
     const w = Float32Array.from(randomArray(k * c, k));

@@ -85,8 +85,9 @@ export function nearestCode(z: Tensor, codebook: Tensor): Tensor {
   const { m, s } = vectors(z.shape, 1);
   const indices = Tensor.empty(z.shape.filter((_, i) => i !== 1), 'i32');
   if (m === 0) return indices;
-  // Short vectors: 4 queries per thread share each code read; a tile of codes fills 16 KB.
-  const sizes = { QPT: cc4 <= 4 ? 4 : 1, CC4: cc4, TK: Math.min(256, Math.floor(1024 / cc4)) };
+  // Short vectors: several queries per thread share each code read (8 when there are enough
+  // queries to fill the workgroups, 4 otherwise); a tile of codes fills up to 16 KB.
+  const sizes = { QPT: cc4 > 4 ? 1 : m >= 2048 ? 8 : 4, CC4: cc4, TK: Math.min(256, Math.floor(1024 / cc4)) };
   const blocks = Math.ceil(m / (WG * sizes.QPT));
   const tiles = Math.ceil(k / sizes.TK);
   const perSplit = Math.ceil(tiles / Math.min(tiles, Math.max(1, Math.ceil(TARGET_WORKGROUPS / blocks)))) * sizes.TK;
@@ -99,7 +100,7 @@ export function nearestCode(z: Tensor, codebook: Tensor): Tensor {
   const bestDist = Tensor.empty([splits, m], 'f32');
   launch('nearest', defs, [rz.binding, rc.binding, bestIdx.binding(), bestDist.binding()], params, [blocks, splits]);
   if (splits > 1) {
-    launch('pick', defs, [bestIdx.binding(), bestDist.binding(), indices.binding()], params, [Math.ceil(m / WG)]);
+    launch('pick', defines('f32', 'f32'), [bestIdx.binding(), bestDist.binding(), indices.binding()], params, grid1d(m, WG));
     bestIdx.dispose();
   }
   bestDist.dispose();
@@ -170,8 +171,8 @@ export interface Quantized {
 export function quantize(z: Tensor, codebook: Tensor, opts: QuantizeOptions = {}): Quantized {
   const beta = opts.beta ?? 0.25;
   const entropyWeight = opts.entropyWeight ?? 0;
-  const indices = nearestCode(z, codebook);
   return tidy(() => {
+    const indices = nearestCode(z, codebook);
     const u = l2Normalize(z, 1);
     const q = lookup(indices, codebook);
     const zq = add(u, noGrad(() => sub(q, u)));

@@ -24,6 +24,9 @@ export interface SampleOptions {
   out?: { tensor: Tensor; offset?: number; stride?: number };
 }
 
+/** Threads per row: a power of two from 32 to 256, about one per 8 tokens. */
+const threadsFor = (v: number): number => Math.min(256, Math.max(32, 2 ** Math.ceil(Math.log2(Math.ceil(v / 8)))));
+
 /**
  * Samples one token id per row of logits [B, V] (f32 or f16; [2B, V] with cfgScale).
  * Greedy (temperature 0 or topK 1) takes the lowest index of the maximum. Returns an i32 [B]
@@ -67,7 +70,7 @@ export function sample(logits: Tensor, opts: SampleOptions = {}): Tensor {
   device().dispatch({
     kernel: 'sampling',
     defines: { T: logits.dtype },
-    constants: { CFG: cfg ? 1 : 0, GREEDY: temperature === 0 || topK === 1 ? 1 : 0 },
+    constants: { CFG: cfg ? 1 : 0, GREEDY: temperature === 0 || topK === 1 ? 1 : 0, WG: threadsFor(v) },
     buffers: [rl.binding, ro.binding],
     params: [
       rows, v, rl.elemOffset, f32(opts.cfgScale ?? 1), f32(Math.max(temperature, 1e-5)), topK, f32(topP),
