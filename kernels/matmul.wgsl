@@ -1,39 +1,39 @@
 // Batched C[b] = act(opA(A[b]) @ opB(B[b]) + bias), opX = transpose when TA/TB. Batch
 // strides of 0 share an operand across the batch. Storage type T (f32|f16), f32 accumulation.
-// ACT: 0 none, 1 relu, 2 gelu (erf), 3 gelu (tanh), 4 silu.
+// act: 0 none, 1 relu, 2 gelu (erf), 3 gelu (tanh), 4 silu.
 //
-// Tiling: register blocking without workgroup memory. A workgroup is WX threads in a row;
-// it owns TM rows x (WX * 4 * TN4) columns of C, and each thread owns all TM rows x TN4
-// groups of 4 columns (group j at column (wid.x * WX * TN4 + j * WX + lid.x) * 4, so
-// neighbouring threads read neighbouring vec4s of B: coalesced on GPUs). K advances 4 at a
-// time: per step a thread loads 4 * TN4 vec4s of B and does TM * TN4 * 16 FMAs. Rows depend
+// Tiling: register blocking; workgroup memory only for the epilogue. A workgroup is WX
+// threads in a row; it owns TM rows x (WX * 4 * TN4) columns of C, and each thread owns all
+// TM rows x TN4 groups of 4 columns (group j at column (wid.x * WX * TN4 + j * WX + lid.x) * 4,
+// so neighbouring threads read neighbouring vec4s of B: coalesced on GPUs). K advances 4 at
+// a time: per step a thread loads 4 * TN4 vec4s of B and does TM * TN4 * 16 FMAs. Rows depend
 // on the workgroup only, so every lane of a subgroup needs the same TM x 4 block of A: with
 // subgroups (GROUP = 8) each lane loads TM / GROUP rows of it and subgroupShuffle hands them
-// round; without (GROUP = 1) each lane loads all TM rows (broadcast loads on a GPU).
+// round (right for any subgroup size that is a multiple of 8); without (GROUP = 1) each lane
+// loads all TM rows, which on a GPU are broadcast loads served by L1.
 //
-// Why, measured on lavapipe (Mesa 25.0 llvmpipe, 8-wide AVX2 lanes, 2 cores; CPU-time
-// GFLOPS at 1024^3 f32, the naive one-thread-per-output kernel: 1): llvmpipe turns every
-// storage or workgroup-memory load whose address varies per invocation (even one that is
-// uniform in fact) into a per-lane scalar loop with a mask test and a bounds check, about
-// 13 instructions per element, while arithmetic and subgroup shuffles stay 8-wide. So the
-// kernel is bound by loads per FMA, and the lever is the register tile:
-//   - the previous 64x64 workgroup tile, 4x4 per thread, A and B staged in workgroup
-//     memory: 3.5 (staging adds a per-lane store + load and a barrier per element);
+// Why, measured on lavapipe (Mesa 25.0 llvmpipe, 8-wide AVX2 lanes, 2 cores), in GFLOPS of
+// process CPU time (2 cores' worth; the machine is shared) at 1024^3 f32, where the naive
+// one-thread-per-output kernel does 1: llvmpipe turns every storage or workgroup-memory load
+// whose address varies per invocation (even one that is uniform in fact) into a per-lane
+// scalar sequence with a mask test and a bounds check, about 13 instructions per element,
+// while arithmetic and subgroup shuffles stay 8-wide. The kernel is bound by loads per FMA,
+// so the lever is the register tile, not workgroup memory:
+//   - the previous kernel, 64x64 workgroup tile staged in workgroup memory, 4x4 per thread:
+//     3.5 (staging adds a per-lane store, a per-lane load and a barrier to every element);
 //   - no workgroup memory, 4x4 / 8x8 / 12x12 per thread: 3.9 / 6.5 / 12;
-//   - A through subgroupShuffle, 16x8 per thread: 17; + vec4 B, 16x12: 24;
-//   - + K stepped by 4 (partial sums: one masked accumulator update per 4 FMAs), TM = 32,
-//     TN4 = 2 (32x8 per thread): 26-30; the same without subgroups: 9.
-// TM and TN4 are capped by NIR's loop unroller: past about 32x8 (16x4 when B cannot be read
-// as vec4) the tile loops stay rolled, the accumulators become indexed memory and speed
-// drops 3x. That is also why accumulators and B are vec4 and TB uses dot(): one NIR
-// instruction per 4 lanes of work keeps the unrolled body small.
+//   - A through subgroupShuffle, 16x8 per thread: 17; with vec4 reads of B, 16x12: 24;
+//   - K stepped by 4 with partial sums (one masked accumulator update per 4 FMAs) and
+//     TM = 32, TN4 = 2 (32x8 per thread): 26-30; the same without subgroups: 9.
+// TM and TN4 are capped by NIR's loop unroller: past 32x8 (16x4 when B cannot be read as
+// vec4) the tile loops stay rolled, the accumulators become indexed memory and speed drops
+// 3x. That is also why accumulators and B are vec4 and TB uses dot(): one NIR instruction
+// per 4 lanes of work keeps the unrolled body under the limit.
 // VEC_A / VEC_B read A / B through the vec4 views A4 / B4 (same buffers) when the
 // contiguous axis is a multiple of 4 and the element offset is aligned; otherwise scalars.
 {{ENABLE}}
 override TA: bool = false;
 override TB: bool = false;
-override HAS_BIAS: bool = false;
-override ACT: u32 = 0u;
 override WX: u32 = 8u;
 override VEC_A: bool = false;
 override VEC_B: bool = false;
@@ -46,6 +46,7 @@ struct Params {
   m: u32, n: u32, k: u32,
   strideA: u32, strideB: u32, strideC: u32,
   offA: u32, offB: u32, offC: u32, offBias: u32,
+  hasBias: u32, act: u32,  // uniform values rather than overrides: fewer pipelines to compile
 }
 
 @group(0) @binding(0) var<storage, read> A: array<{{T}}>;
@@ -150,8 +151,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let c = col0 + e % (TN4 * WX * 4u);
     if (r < p.m && c < p.n) {
       var v = ctile[e / 4u][e % 4u];
-      if (HAS_BIAS) { v += f32(bias[p.offBias + c]); }
-      C[baseC + r * p.n + c] = {{T}}(activate(v, ACT));
+      if (p.hasBias != 0u) { v += f32(bias[p.offBias + c]); }
+      C[baseC + r * p.n + c] = {{T}}(activate(v, p.act));
     }
   }
 }

@@ -53,6 +53,8 @@ export interface MatmulOptions {
 /** Launches the kernel for a [batch..., M, K] x [batch..., K, N] product (no autograd). */
 function launch(a: Tensor, b: Tensor, o: MatmulOptions, tile?: MatmulTile): Tensor {
   for (const t of [a, b, o.bias]) t?.assertLive();
+  if (tile && tile.tm % tile.group !== 0) throw new Error(`matmul: tile rows ${tile.tm} must be a multiple of the lane group ${tile.group}`);
+  if (tile && tile.group > 1 && !device().hasSubgroups) throw new Error(`matmul: a lane group of ${tile.group} needs the adapter's 'subgroups' feature`);
   if (a.rank < 2 || b.rank < 2) throw new Error(`matmul needs rank >= 2 operands, got [${a.shape}] and [${b.shape}]`);
   if (a.dtype !== b.dtype) throw new Error(`matmul: dtypes differ (${a.dtype} vs ${b.dtype})`);
   const [ar, ac] = a.shape.slice(-2);
@@ -62,6 +64,7 @@ function launch(a: Tensor, b: Tensor, o: MatmulOptions, tile?: MatmulTile): Tens
   if (k !== kb)
     throw new Error(`matmul: inner dimensions differ: [${a.shape}]${o.transA ? 'ᵀ' : ''} x [${b.shape}]${o.transB ? 'ᵀ' : ''}`);
   if (o.bias && (o.bias.rank !== 1 || o.bias.shape[0] !== n)) throw new Error(`matmul: bias [${o.bias.shape}] must be [${n}]`);
+  if (o.bias && o.bias.dtype !== a.dtype) throw new Error(`matmul: bias dtype ${o.bias.dtype} differs from the operands' ${a.dtype}`);
   const batchA = a.shape.slice(0, -2);
   const batchB = b.shape.slice(0, -2);
   const batch = broadcastShapes(batchA, batchB);
@@ -84,9 +87,7 @@ function launch(a: Tensor, b: Tensor, o: MatmulOptions, tile?: MatmulTile): Tens
   const vecA = !o.transA && k % 4 === 0 && ra.elemOffset % 4 === 0;
   const vecB = (o.transB ? k % 4 === 0 : n % 4 === 0) && rb.elemOffset % 4 === 0;
   const t = tile ?? matmulTileFor(m, vecB);
-  if (t.tm % t.group !== 0) throw new Error(`matmul: tile rows ${t.tm} must be a multiple of the lane group ${t.group}`);
   const sg = t.group > 1;
-  if (sg && !device().hasSubgroups) throw new Error(`matmul: a lane group of ${t.group} needs the adapter's 'subgroups' feature`);
   device().dispatch({
     kernel: 'matmul',
     defines: {
@@ -96,11 +97,10 @@ function launch(a: Tensor, b: Tensor, o: MatmulOptions, tile?: MatmulTile): Tens
       BCAST: sg ? 'subgroupShuffle(v, lane)' : 'v',
     },
     constants: {
-      TA: o.transA ? 1 : 0, TB: o.transB ? 1 : 0, HAS_BIAS: o.bias ? 1 : 0, ACT: ACT[o.act ?? 'none'],
-      WX: t.wx, VEC_A: vecA ? 1 : 0, VEC_B: vecB ? 1 : 0,
+      TA: o.transA ? 1 : 0, TB: o.transB ? 1 : 0, WX: t.wx, VEC_A: vecA ? 1 : 0, VEC_B: vecB ? 1 : 0,
     },
     buffers: [ra.binding, rb.binding, rbias.binding, out.binding(), vec4View(ra.binding), vec4View(rb.binding)],
-    params: [m, n, k, sA, sB, m * n, ra.elemOffset, rb.elemOffset, 0, rbias.elemOffset],
+    params: [m, n, k, sA, sB, m * n, ra.elemOffset, rb.elemOffset, 0, rbias.elemOffset, o.bias ? 1 : 0, ACT[o.act ?? 'none']],
     workgroups: [Math.ceil(n / (4 * t.tn4 * t.wx)), Math.ceil(m / t.tm), nb],
   });
   if (fa !== a) fa.dispose();
