@@ -7,7 +7,7 @@
 import { defineBench } from './harness.ts';
 import { type Tensor, attention, attentionDecode, matmul, mulScalar, randn, softmax, tidy } from '../runtime/index.ts';
 
-/** softmax(q kᵀ / sqrt(d)) v on matmul + softmax + matmul, `heads` (b, h) pairs per launch group. */
+/** softmax(q kᵀ / sqrt(d)) v on matmul + softmax + matmul (q pre-scaled), `headsPerGroup` (b, h) pairs per launch. */
 function unfused(q: Tensor, k: Tensor, v: Tensor, headsPerGroup: number): Tensor[] {
   const [B, H, L, d] = q.shape;
   const S = k.shape[2];
@@ -18,9 +18,8 @@ function unfused(q: Tensor, k: Tensor, v: Tensor, headsPerGroup: number): Tensor
     out.push(
       tidy(() => {
         const part = (t: Tensor, rows: number) => t.view([n, rows, d], t.offset + h0 * rows * d);
-        const s = matmul(part(q, L), part(k, S), { transB: true });
-        const p = softmax(mulScalar(s, 1 / Math.sqrt(d)), -1);
-        return matmul(p, part(v, S));
+        const s = matmul(mulScalar(part(q, L), 1 / Math.sqrt(d)), part(k, S), { transB: true });
+        return matmul(softmax(s, -1), part(v, S));
       }),
     );
   }

@@ -77,10 +77,12 @@ export interface BenchResult {
   samples?: number;
   opsPerSample?: number;
   referenceMs?: number;
+  referenceCpuMs?: number;
   /** reference time / our time: how many times faster than the naive kernel */
   speedupVsReference?: number;
   peer?: string;
   peerMs?: number;
+  peerCpuMs?: number;
   /** peer time / our time: how many times faster than the peer */
   speedupVsPeer?: number;
   peerError?: string;
@@ -152,7 +154,9 @@ export async function runBenches(opts: RunOptions = {}): Promise<BenchResult[]> 
       if (c.bytes) r.gbps = c.bytes / t.ms / 1e6;
       if (c.reference) {
         const ref = c.reference;
-        r.referenceMs = (await time(`${c.name} (reference)`, () => disposeAll(ref(ctx)), sync, true)).ms;
+        const rt = await time(`${c.name} (reference)`, () => disposeAll(ref(ctx)), sync, true);
+        r.referenceMs = rt.ms;
+        r.referenceCpuMs = rt.cpuMs;
         r.speedupVsReference = r.referenceMs / t.ms;
       }
     } catch (e) {
@@ -167,7 +171,9 @@ export async function runBenches(opts: RunOptions = {}): Promise<BenchResult[]> 
       try {
         p = await c.peer.setup();
         const pr = p;
-        r.peerMs = (await time(`${c.name} (${c.peer.name})`, () => pr.run(), () => pr.sync(), !!opts.quick)).ms;
+        const pt = await time(`${c.name} (${c.peer.name})`, () => pr.run(), () => pr.sync(), !!opts.quick);
+        r.peerMs = pt.ms;
+        r.peerCpuMs = pt.cpuMs;
         r.speedupVsPeer = r.peerMs / r.ms!;
       } catch (e) {
         r.peerError = (e as Error).message.split('\n')[0];

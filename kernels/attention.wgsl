@@ -5,38 +5,49 @@
 // forward:     a workgroup owns BR = WG·RQ queries of one (b, h); each thread RQ of them
 //              (rows i0 + r·WG + lid), holding q, the output row and the running max / sum
 //              in registers. Tiles of BK keys and values are staged in workgroup memory
-//              (coalesced) and read by all threads at the same address (a broadcast); the
-//              RQ-row register tile reuses each loaded K/V element RQ times. Writes O and the
-//              log-sum-exp per query (natural log) for the backward pass.
+//              (coalesced) and every thread reads each staged row: all at the same address
+//              (a broadcast), or with GROUP > 1 each lane of a group a share, exchanged by
+//              subgroupShuffle. The RQ-row register tile reuses each element RQ times. Writes
+//              O and the log-sum-exp per query (natural log) for the backward pass.
 // backward_q:  FlashAttention-2 recomputation with the same tiling: Drow = rowsum(dO ∘ O),
 //              P = exp(S - lse), dS = P ∘ (dO Vᵀ - Drow), dQ = scale · dS K. Writes Drow.
 // backward_kv: the transpose: a thread owns RQ keys (k, v, dK, dV in registers) and streams
 //              tiles of queries, dO, lse and Drow: dV = Pᵀ dO, dK = scale · dSᵀ Q.
-// decode:      a few new queries against a KV cache: a workgroup per (query, CHUNK keys)
-//              scores its chunk into workgroup memory (one key per thread), reduces max and
-//              sum, then threads own vec4 columns of V. With several chunks the partial
-//              (max, sum, unnormalised o) go to a scratch buffer and decode_combine merges
-//              them (split-K); with one chunk decode writes O directly.
+// decode:      a few new queries against a KV cache: a workgroup per (query, CHUNK keys),
+//              each thread a few keys and their (max, sum, unnormalised o), merged by a
+//              tree in workgroup memory. With several chunks the partial triples go to a
+//              scratch buffer and decode_combine merges them (split-K); with one chunk
+//              decode writes O directly.
 //
 // Key j is visible from query i when j < S, keyPadding[b, j] != 0 (flag PAD) and, with
 // flag CAUSAL, j <= i + causalOff (causalOff = S - L: the queries are the last L positions,
 // as with a KV cache; for L == S this is torch's is_causal). Flag MASK adds mask[b, h, i, j]
-// (strided; zero strides broadcast). The flags are runtime Params, not override constants:
-// software adapters take seconds to compile each pipeline, and the branches are uniform. A key whose biased score is below -1e30 (an additive
-// -inf) gets zero weight; a query that sees no key outputs zeros with lse = -1e30·ln 2
-// (PyTorch gives NaN). Scores are kept in log2 units (q is pre-scaled by scale·log2 e) so
+// (strided; zero strides broadcast). The flags are runtime Params rather than override
+// constants: their branches are uniform, and software adapters take seconds to compile each
+// pipeline. A key whose biased score is below -1e30 (an additive -inf) gets zero weight; a
+// query that sees no key outputs zeros with lse = -1e30·ln 2 (PyTorch gives NaN). Scores are kept in log2 units (q is pre-scaled by scale·log2 e) so
 // the exponentials are exp2. Accumulation is f32 whatever the storage type T.
+{{ENABLE}}
 const D = {{HEAD_DIM}}u;  // a text define: private arrays cannot be override-sized
 const D4 = D / 4u;
 const RQ = {{RQ}}u;       // rows (queries, or keys in backward_kv) per thread
+const GROUP = {{GROUP}}u; // lanes splitting the loads of each staged row (1: every lane loads it all)
+const KL = (D4 + GROUP - 1u) / GROUP;  // vec4s of a staged row each lane loads
 const WG = 64u;
 const BR = WG * RQ;       // rows per workgroup
 const BK = select(select(8u, 16u, D <= 128u), 32u, D <= 64u);  // staged keys (queries in backward_kv) per tile
-const CHUNK = 256u;       // decode: keys per workgroup
-const G = WG / D4;        // decode: thread groups splitting the keys of the V product
+const CHUNK = 512u;       // decode: keys per workgroup
+const DK = CHUNK / WG;    // decode: keys per thread
 const CAUSAL = 1u;
 const PAD = 2u;
 const MASK = 4u;
+// Whether the loops that move whole rows between memory and registers (the prologues and
+// epilogues) run to the constant D4 and get unrolled: on GPUs this keeps the rows in
+// registers. Software adapters turn every unrolled load into per-lane branches,
+// and their shader compiler's time grows with the square of the branch count, so they take
+// the runtime bound P.d4 instead: the rows live in (cached) memory, the hot key loops stay
+// unrolled, and compiling takes seconds instead of a minute.
+override UNROLL_ROWS: bool = true;
 
 const LOG2E = 1.4426950408889634;
 const LN2 = 0.6931471805599453;
@@ -45,7 +56,7 @@ const EMPTY = -1.0e30;   // running max before any visible key
 
 // Row data (Q, K, V, O and their gradients) is bound as vec4s: offQ .. offDO count vec4s.
 struct Params {
-  L: u32, S: u32, H: u32, kvRows: u32, flags: u32,
+  L: u32, S: u32, H: u32, kvRows: u32, flags: u32, d4: u32,
   offQ: u32, offK: u32, offV: u32, offPad: u32, offMask: u32, offO: u32, offDO: u32,
   padRow: u32, maskB: u32, maskH: u32, maskRow: u32,  // strides (elements); keys are contiguous
   causalOff: i32,
@@ -81,23 +92,26 @@ struct Params {
 @group(0) @binding(2) var<uniform> pC: Params;
 
 var<private> P: Params;  // the entry point's Params, for the helpers
+var<private> lane: u32;  // subgroup invocation id (GROUP > 1)
 
 alias Rows = array<vec4<f32>, RQ * D4>;  // RQ rows of D in registers
 alias Row = array<vec4<f32>, D4>;
+alias Part = array<vec4<f32>, KL>;  // a lane's share of a staged row
 alias PerRow = array<f32, RQ>;
 
 var<workgroup> tileA: array<vec4<f32>, BK * D4>;  // K (forward, backward_q) or Q (backward_kv)
 var<workgroup> tileB: array<vec4<f32>, BK * D4>;  // V or dO
 var<workgroup> tileC: array<f32, BK>;             // key bias, or the queries' lse (log2)
 var<workgroup> tileD: array<f32, BK>;             // backward_kv: the queries' Drow
-var<workgroup> scores: array<f32, CHUNK>;         // decode
-var<workgroup> red: array<f32, WG>;
-var<workgroup> ored: array<vec4<f32>, WG>;
+var<workgroup> oTree: array<vec4<f32>, WG / 2u * D4>;  // decode's merge of per-thread results
+var<workgroup> mlTree: array<vec2<f32>, WG / 2u>;
+
+fn rowEnd() -> u32 { return select(P.d4, D4, UNROLL_ROWS); }
 
 // Row `row` of a [rows, D] vec4 array starting at vec4 `base`, times s.
 fn loadRow(buf: ptr<storage, array<vec4<{{T}}>>, read>, base: u32, row: u32, s: f32) -> Row {
   var x: Row;
-  for (var c = 0u; c < D4; c++) { x[c] = vec4<f32>((*buf)[base + row * D4 + c]) * s; }
+  for (var c = 0u; c < rowEnd(); c++) { x[c] = vec4<f32>((*buf)[base + row * D4 + c]) * s; }
   return x;
 }
 
@@ -106,32 +120,42 @@ fn loadRows(buf: ptr<storage, array<vec4<{{T}}>>, read>, base: u32, i0: u32, lid
   var x: Rows;
   for (var r = 0u; r < RQ; r++) {
     let row = loadRow(buf, base, min(i0 + r * WG + lid, n - 1u), s);
-    for (var c = 0u; c < D4; c++) { x[r * D4 + c] = row[c]; }
+    for (var c = 0u; c < rowEnd(); c++) { x[r * D4 + c] = row[c]; }
   }
   return x;
 }
 
-fn tileRow(t: ptr<workgroup, array<vec4<f32>, BK * D4>>, j: u32) -> Row {
-  var x: Row;
-  for (var c = 0u; c < D4; c++) { x[c] = (*t)[j * D4 + c]; }
+// Every thread needs all of staged row j. With GROUP lanes of a subgroup sharing the work,
+// each loads vec4s lane % GROUP, + GROUP, ... (clamped past D4) and rowVec() fetches the
+// rest from its neighbours with subgroupShuffle: on software adapters, which run each
+// lane's memory access separately, that divides the loads of the hot loops by GROUP.
+fn tilePart(t: ptr<workgroup, array<vec4<f32>, BK * D4>>, j: u32) -> Part {
+  var x: Part;
+  for (var k = 0u; k < KL; k++) { x[k] = (*t)[j * D4 + min(k * GROUP + lane % GROUP, D4 - 1u)]; }
   return x;
 }
 
-// Dot products of each of the RQ rows of x with y.
-fn dots(x: ptr<function, Rows>, y: ptr<function, Row>) -> PerRow {
+// Vec4 c of the row whose shares the group's lanes hold in x.
+fn rowVec(x: ptr<function, Part>, c: u32) -> vec4<f32> {
+  let v = (*x)[c / GROUP];
+  return {{BCAST}};
+}
+
+// Dot products of each of the RQ rows of x with the staged row y.
+fn dots(x: ptr<function, Rows>, y: ptr<function, Part>) -> PerRow {
   var a: PerRow;
   for (var r = 0u; r < RQ; r++) { a[r] = 0.0; }
   for (var c = 0u; c < D4; c++) {
-    let yc = (*y)[c];
+    let yc = rowVec(y, c);
     for (var r = 0u; r < RQ; r++) { a[r] += dot((*x)[r * D4 + c], yc); }
   }
   return a;
 }
 
-// x[r] += a[r] · y for each of the RQ rows of x.
-fn axpy(x: ptr<function, Rows>, a: PerRow, y: ptr<function, Row>) {
+// x[r] += a[r] · y for each of the RQ rows of x and the staged row y.
+fn axpy(x: ptr<function, Rows>, a: PerRow, y: ptr<function, Part>) {
   for (var c = 0u; c < D4; c++) {
-    let yc = (*y)[c];
+    let yc = rowVec(y, c);
     for (var r = 0u; r < RQ; r++) { (*x)[r * D4 + c] += a[r] * yc; }
   }
 }
@@ -140,7 +164,7 @@ fn storeRows(out: ptr<storage, array<vec4<{{T}}>>, read_write>, base: u32, x: pt
   for (var r = 0u; r < RQ; r++) {
     let i = i0 + r * WG + lid;
     if (i >= n) { continue; }
-    for (var c = 0u; c < D4; c++) { (*out)[base + i * D4 + c] = vec4<{{T}}>((*x)[r * D4 + c] * s[r]); }
+    for (var c = 0u; c < rowEnd(); c++) { (*out)[base + i * D4 + c] = vec4<{{T}}>((*x)[r * D4 + c] * s[r]); }
   }
 }
 
@@ -155,8 +179,8 @@ fn keyBias(b: u32, j: u32) -> f32 {
 fn maskScore(s: f32, bh: u32, i: u32, j: u32) -> f32 {
   var a = s;
   if ((P.flags & CAUSAL) != 0u && i32(j) > i32(i) + P.causalOff) { a = MASKED; }
-  if ((P.flags & MASK) != 0u && i < P.L) {
-    a += LOG2E * f32(mask[P.offMask + (bh / P.H) * P.maskB + (bh % P.H) * P.maskH + i * P.maskRow + j]);
+  if ((P.flags & MASK) != 0u) {  // uniform; rows past L (never written) read row L - 1
+    a += LOG2E * f32(mask[P.offMask + (bh / P.H) * P.maskB + (bh % P.H) * P.maskH + min(i, P.L - 1u) * P.maskRow + j]);
   }
   return max(a, MASKED);
 }
@@ -186,15 +210,21 @@ fn stageKeys(bh: u32, j0: u32, lid: u32) {
 }
 
 // Masked log2-unit scores of this thread's queries (rows i + r·WG) against staged key j.
-fn tileScores(q: ptr<function, Rows>, kr: ptr<function, Row>, bh: u32, i: u32, j0: u32, j: u32) -> PerRow {
+fn tileScores(q: ptr<function, Rows>, kr: ptr<function, Part>, bh: u32, i: u32, j0: u32, j: u32) -> PerRow {
   var a = dots(q, kr);
-  let kb = tileC[j];
-  for (var r = 0u; r < RQ; r++) { a[r] = maskScore(a[r] + kb, bh, i + r * WG, j0 + j); }
+  // Without masks and inside S the masking is skipped by a uniform branch: a quarter of the
+  // forward's time on software adapters.
+  if (P.flags != 0u || j0 + BK > P.S) {
+    let kb = tileC[j];
+    for (var r = 0u; r < RQ; r++) { a[r] = maskScore(a[r] + kb, bh, i + r * WG, j0 + j); }
+  }
   return a;
 }
 
 @compute @workgroup_size(WG)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>, {{LANE}} sg: u32) {
+  let lid = lid3.x;
+  lane = sg;
   P = pF;
   let bh = wid.y;
   let i0 = wid.x * BR;
@@ -214,7 +244,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var s: array<f32, RQ * BK>;
     var mx = m;
     for (var j = 0u; j < BK; j++) {
-      var kr = tileRow(&tileA, j);
+      var kr = tilePart(&tileA, j);
       let a = tileScores(&q, &kr, bh, i0 + lid, j0, j);
       for (var r = 0u; r < RQ; r++) {
         s[r * BK + j] = a[r];
@@ -232,7 +262,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         pj[r] = exp2(s[r * BK + j] - mx[r]);
         l[r] += pj[r];
       }
-      var vr = tileRow(&tileB, j);
+      var vr = tilePart(&tileB, j);
       axpy(&o, pj, &vr);
     }
     m = mx;
@@ -248,7 +278,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 }
 
 @compute @workgroup_size(WG)
-fn backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>, {{LANE}} sg: u32) {
+  let lid = lid3.x;
+  lane = sg;
   P = pB;
   let bh = wid.y;
   let i0 = wid.x * BR;
@@ -275,8 +307,8 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     stageKeys(bh, j0, lid);
     workgroupBarrier();
     for (var j = 0u; j < BK; j++) {
-      var kr = tileRow(&tileA, j);
-      var vr = tileRow(&tileB, j);
+      var kr = tilePart(&tileA, j);
+      var vr = tilePart(&tileB, j);
       let s = tileScores(&q, &kr, bh, i0 + lid, j0, j);
       let dp = dots(&g, &vr);
       var ds: PerRow;
@@ -291,7 +323,9 @@ fn backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 }
 
 @compute @workgroup_size(WG)
-fn backward_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn backward_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>, {{LANE}} sg: u32) {
+  let lid = lid3.x;
+  lane = sg;
   P = pB;
   let bh = wid.y;
   let b = bh / P.H;
@@ -309,6 +343,8 @@ fn backward_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
       dv[r * D4 + c] = vec4<f32>(0.0);
     }
   }
+  // As in tileScores: masking only with masks or keys past S.
+  let masked = P.flags != 0u || j0 + BR > P.S;
   // Causal: queries before iStart see none of this workgroup's keys.
   var iStart = 0u;
   if ((pB.flags & CAUSAL) != 0u) { iStart = u32(max(i32(j0) - pB.causalOff, 0)) / BK * BK; }
@@ -333,16 +369,20 @@ fn backward_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     workgroupBarrier();
     for (var ii = 0u; ii < BK; ii++) {
-      var qr = tileRow(&tileA, ii);
-      var gr = tileRow(&tileB, ii);
+      var qr = tilePart(&tileA, ii);
+      var gr = tilePart(&tileB, ii);
       let s = dots(&k, &qr);
       let dp = dots(&v, &gr);
       let lse2 = tileC[ii];
       let dr = tileD[ii];
+      var sm = s;
+      if (masked) {
+        for (var r = 0u; r < RQ; r++) { sm[r] = maskScore(s[r] + kb[r], bh, i0 + ii, j0 + r * WG + lid); }
+      }
       var pr: PerRow;
       var ds: PerRow;
       for (var r = 0u; r < RQ; r++) {
-        pr[r] = exp2(maskScore(s[r] + kb[r], bh, i0 + ii, j0 + r * WG + lid) - lse2);
+        pr[r] = exp2(sm[r] - lse2);
         ds[r] = pr[r] * (dp[r] - dr);
       }
       axpy(&dv, pr, &gr);
@@ -360,19 +400,10 @@ fn backward_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
   storeRows(&dV, bh * P.S * D4, &dv, sv, j0, lid, P.S);
 }
 
-fn reduceWG(v: f32, lid: u32, isMax: bool) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) { red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), isMax); }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
-
 // Grid: x = chunk of CHUNK keys, y = query row (b, h, i) of L (new queries per sequence).
+// Thread t owns keys c0 + t + k·WG (k < DK; neighbouring threads read neighbouring rows):
+// it scores them, keeps their (max, sum, unnormalised o) like one step of the online
+// softmax, and a halving tree through workgroup memory merges the threads' triples.
 @compute @workgroup_size(WG)
 fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   P = pF;
@@ -383,43 +414,59 @@ fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
   let c1 = min(c0 + CHUNK, keyEnd(P, i + 1u));
   let kvBase = bh * P.kvRows * D4;
   var q = loadRow(&Q, P.offQ, row, P.scale * LOG2E);
-  var mLoc = EMPTY;
-  for (var j = c0 + lid; j < c1; j += WG) {
-    let kr = loadRow(&K, P.offK + kvBase, j, 1.0);
-    var a = keyBias(bh / P.H, j);
-    for (var c = 0u; c < D4; c++) { a += dot(q[c], kr[c]); }
-    a = maskScore(a, bh, i, j);
-    scores[j - c0] = a;
-    mLoc = max(mLoc, a);
+  var s: array<f32, DK>;
+  var m = EMPTY;
+  for (var k = 0u; k < DK; k++) {
+    let j = c0 + lid + k * WG;
+    var a = MASKED;
+    if (j < c1) {
+      a = keyBias(bh / P.H, j);
+      for (var c = 0u; c < D4; c++) { a += dot(q[c], vec4<f32>(K[P.offK + kvBase + j * D4 + c])); }
+      a = maskScore(a, bh, i, j);
+    }
+    s[k] = a;
+    m = max(m, a);
   }
-  let m = reduceWG(mLoc, lid, true);
-  var lLoc = 0.0;
-  for (var j = c0 + lid; j < c1; j += WG) {
-    let e = exp2(scores[j - c0] - m);
-    scores[j - c0] = e;
-    lLoc += e;
+  var l = 0.0;
+  var o: Row;
+  for (var c = 0u; c < D4; c++) { o[c] = vec4<f32>(0.0); }
+  for (var k = 0u; k < DK; k++) {
+    let j = c0 + lid + k * WG;
+    if (j < c1) {
+      let p = exp2(s[k] - m);
+      l += p;
+      for (var c = 0u; c < D4; c++) { o[c] += p * vec4<f32>(V[P.offV + kvBase + j * D4 + c]); }
+    }
   }
-  let l = reduceWG(lLoc, lid, false);  // its barriers publish the exponentials
-  let col = lid % D4;
-  let grp = lid / D4;
-  var acc = vec4<f32>(0.0);
-  if (grp < G) {
-    for (var j = c0 + grp; j < c1; j += G) { acc += scores[j - c0] * vec4<f32>(V[P.offV + kvBase + j * D4 + col]); }
+  for (var h = WG / 2u; h > 0u; h >>= 1u) {
+    if (lid >= h && lid < 2u * h) {
+      mlTree[lid - h] = vec2<f32>(m, l);
+      for (var c = 0u; c < D4; c++) { oTree[(lid - h) * D4 + c] = o[c]; }
+    }
+    workgroupBarrier();
+    if (lid < h) {
+      let other = mlTree[lid];
+      let mm = max(m, other.x);
+      let a = exp2(m - mm);
+      let b = exp2(other.x - mm);
+      l = l * a + other.y * b;
+      for (var c = 0u; c < D4; c++) { o[c] = o[c] * a + oTree[lid * D4 + c] * b; }
+      m = mm;
+    }
+    workgroupBarrier();
   }
-  ored[lid] = acc;
-  workgroupBarrier();
-  if (lid >= D4) { return; }
-  for (var g = 1u; g < G; g++) { acc += ored[g * D4 + lid]; }
+  if (lid != 0u) { return; }
   if (P.nChunks == 1u) {
-    O[P.offO + row * D4 + lid] = vec4<{{T}}>(acc * select(0.0, 1.0 / l, l > 0.0));
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    for (var c = 0u; c < D4; c++) { O[P.offO + row * D4 + c] = vec4<{{T}}>(o[c] * inv); }
     return;
   }
   let at = (row * P.nChunks + wid.x) * (D + 2u);
-  if (lid == 0u) {
-    part[at] = m;
-    part[at + 1u] = l;
+  part[at] = m;
+  part[at + 1u] = l;
+  for (var c = 0u; c < D4; c++) {
+    for (var e = 0u; e < 4u; e++) { part[at + 2u + c * 4u + e] = o[c][e]; }
   }
-  for (var e = 0u; e < 4u; e++) { part[at + 2u + lid * 4u + e] = acc[e]; }
 }
 
 // Merges decode's per-chunk partials: one workgroup per query row.

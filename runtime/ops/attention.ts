@@ -26,14 +26,21 @@ export interface AttentionOptions {
 }
 
 /**
- * Rows (queries, or keys in the dK/dV pass) each thread keeps in registers; null picks by
- * adapter and head dim. Exposed for benchmarks and tests of the GPU setting.
+ * Kernel tuning; null picks by adapter (and head dim). Exposed so benchmarks and tests can
+ * run the GPU settings on a software adapter. rowsPerThread: rows (queries, or keys in the
+ * dK/dV pass) each thread keeps in registers. unrollRows: kernels/attention.wgsl UNROLL_ROWS.
+ * laneGroup: lanes sharing the loads of each staged K/V (Q/dO) row through subgroupShuffle.
  */
-export const attentionTuning: { rowsPerThread: number | null } = { rowsPerThread: null };
+export const attentionTuning: { rowsPerThread: number | null; unrollRows: boolean | null; laneGroup: 1 | 8 | null } = {
+  rowsPerThread: null,
+  unrollRows: null,
+  laneGroup: null,
+};
 
 const WG = 64; // kernels/attention.wgsl
-const CHUNK = 256;
+const CHUNK = 512;
 const MAX_HEAD_DIM = 256;
+const MAX_DECODE_HEAD_DIM = 128; // decode's merge tree: 32 threads x d f32 of workgroup memory
 
 let cpuAdapter: boolean | undefined;
 function isCpuAdapter(): boolean {
@@ -42,13 +49,21 @@ function isCpuAdapter(): boolean {
   return cpuAdapter;
 }
 
-function rowsPerThread(d: number): number {
+function laneGroup(): number {
+  if (attentionTuning.laneGroup) return attentionTuning.laneGroup;
+  // Groups of 8 lanes are right for every subgroup size that is a multiple of 8.
+  const d = device();
+  return d.hasSubgroups && (d.adapterInfo.subgroupMinSize ?? 0) >= 8 ? 8 : 1;
+}
+
+function rowsPerThread(d: number, group: number): number {
   if (attentionTuning.rowsPerThread) return attentionTuning.rowsPerThread;
-  // Software adapters run each lane's workgroup-memory load separately, so reusing every
-  // staged K/V element for more queries is what pays; ~256 register elements per tile keep
-  // the inner loops small enough for the shader compiler to unroll. On GPUs 1-2 rows keep
-  // q, o and the accumulators within the register file.
-  if (isCpuAdapter()) return Math.max(1, Math.min(4, Math.floor(256 / d)));
+  // Software adapters run each lane's memory access separately, so what pays is reusing every
+  // staged K/V element for more rows; the register tile is capped where the shader compiler
+  // stops unrolling its loops (then the rows become indexed memory and speed drops 3-5x):
+  // about 192 row elements with subgroup shuffles in the loop body, 256 without. On GPUs 1-2
+  // rows keep q, o and the accumulators within the register file.
+  if (isCpuAdapter()) return Math.max(1, Math.min(4, Math.floor((group > 1 ? 192 : 256) / d)));
   return d <= 64 ? 2 : 1;
 }
 
@@ -65,6 +80,8 @@ interface Ctx {
   pad?: Tensor;
   mask?: Tensor;
   rq: number;
+  /** lanes sharing staged-row loads (kernels/attention.wgsl GROUP) */
+  group: number;
 }
 
 const shapeStr = (t: Tensor): string => `[${t.shape.join(', ')}]`;
@@ -93,12 +110,22 @@ function launchBase(c: Ctx, q: Tensor, k: Tensor, v: Tensor, extra: { offO?: num
   const buffers: Binding[] = [rq.binding, rk.binding, rv.binding, rp.binding, rm.binding];
   const flags = (c.causal ? 1 : 0) | (c.pad ? 2 : 0) | (c.mask ? 4 : 0);
   const params: Param[] = [
-    c.L, c.S, c.H, c.kvRows, flags,
+    c.L, c.S, c.H, c.kvRows, flags, c.d / 4,
     rq.off, rk.off, rv.off, rp.elemOffset, rm.elemOffset, extra.offO ?? 0, extra.offDO ?? 0,
     c.S, ...maskStrides,
     i32(c.S - c.L), f32(c.scale), extra.nChunks ?? 1,
   ];
-  return { defines: { T: q.dtype, MASK_T: c.mask?.dtype ?? 'f32', HEAD_DIM: c.d, RQ: c.rq }, buffers, params };
+  return {
+    defines: {
+      T: q.dtype, MASK_T: c.mask?.dtype ?? 'f32', HEAD_DIM: c.d, RQ: c.rq, GROUP: c.group,
+      ENABLE: c.group > 1 ? 'enable subgroups;' : '',
+      LANE: c.group > 1 ? '@builtin(subgroup_invocation_id)' : '@builtin(local_invocation_index)',
+      BCAST: c.group > 1 ? 'subgroupShuffle(v, lane - lane % GROUP + c % GROUP)' : 'v',
+    },
+    constants: { UNROLL_ROWS: (attentionTuning.unrollRows ?? !isCpuAdapter()) ? 1 : 0 },
+    buffers,
+    params,
+  };
 }
 
 function checkGrid(what: string, n: number): void {
@@ -149,8 +176,8 @@ function backward(c: Ctx, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tenso
   return [dq, dk, dv];
 }
 
-function checkHeadDim(d: number, what: string): void {
-  if (d % 4 !== 0 || d < 4 || d > MAX_HEAD_DIM) throw new Error(`${what}: head dim ${d} must be a multiple of 4 in [4, ${MAX_HEAD_DIM}]`);
+function checkHeadDim(d: number, what: string, max = MAX_HEAD_DIM): void {
+  if (d % 4 !== 0 || d < 4 || d > max) throw new Error(`${what}: head dim ${d} must be a multiple of 4 in [4, ${max}]`);
 }
 
 /**
@@ -180,7 +207,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
     if (needsGrad(mask)) throw new Error('attention: the additive mask takes no gradient; pass a tensor that does not require grad');
   }
   const pad = keyPadding && keyPadding.dtype !== 'f32' ? noGrad(() => cast(keyPadding, 'f32')) : keyPadding;
-  const c: Ctx = { B, H, L, S, d, kvRows: S, causal: !!opts.causal, scale: opts.scale ?? 1 / Math.sqrt(d), pad, mask, rq: rowsPerThread(d) };
+  const c: Ctx = { B, H, L, S, d, kvRows: S, causal: !!opts.causal, scale: opts.scale ?? 1 / Math.sqrt(d), pad, mask, rq: rowsPerThread(d, laneGroup()), group: laneGroup() };
   const { o, lse } = forward(c, q, k, v);
   const extras = [pad, mask].filter((t): t is Tensor => !!t);
   record('attention', o, [q, k, v], [q, k, v, o, lse, ...extras], (g, [qs, ks, vs, os, ls, ...ex]) => {
@@ -212,11 +239,11 @@ export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, length: number,
   if (k.dtype !== q.dtype || v.dtype !== q.dtype) throw new Error(`attentionDecode: q, k, v dtypes differ (${q.dtype}, ${k.dtype}, ${v.dtype})`);
   if (!Number.isInteger(length) || length < n || length > k.shape[2])
     throw new Error(`attentionDecode: length ${length} must be in [${n} (the new queries), ${k.shape[2]} (capacity)]`);
-  checkHeadDim(d, 'attentionDecode');
+  checkHeadDim(d, 'attentionDecode', MAX_DECODE_HEAD_DIM);
   const rows = B * H * n;
   checkGrid('attentionDecode', rows);
   const nChunks = Math.ceil(length / CHUNK);
-  const c: Ctx = { B, H, L: n, S: length, d, kvRows: k.shape[2], causal: opts.causal ?? true, scale: opts.scale ?? 1 / Math.sqrt(d), rq: 1 };
+  const c: Ctx = { B, H, L: n, S: length, d, kvRows: k.shape[2], causal: opts.causal ?? true, scale: opts.scale ?? 1 / Math.sqrt(d), rq: 1, group: 1 };
   const o = Tensor.empty(q.shape, q.dtype);
   if (o.size === 0) return o;
   const base = launchBase(c, q, k, v, { nChunks });
@@ -228,6 +255,7 @@ export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, length: number,
       kernel: 'attention',
       entry: 'decode_combine',
       defines: base.defines,
+      constants: base.constants,
       buffers: [part.binding(), o.binding()],
       params: base.params,
       workgroups: [1, rows],

@@ -31,7 +31,7 @@ export function matmulTileFor(m: number, vecB: boolean): MatmulTile {
   const cpu = d.adapterInfo.isFallbackAdapter || d.adapterInfo.architecture === 'software';
   // Shuffles within aligned groups of 8 lanes are right for every subgroup size that is a multiple of 8.
   const group8 = d.hasSubgroups && (d.adapterInfo.subgroupMinSize ?? 0) >= 8;
-  const cap = !cpu ? 16 : vecB ? 32 : 16;
+  const cap = cpu && vecB ? 32 : 16;
   const tm = m <= 2 ? m : m <= 4 ? 4 : Math.min(cap, Math.ceil(m / 8) * 8);
   return { tm, tn4: cpu && vecB ? 2 : 1, wx: cpu ? 8 : 64, group: group8 && tm % 8 === 0 ? 8 : 1 };
 }
