@@ -13,3 +13,4 @@ export {
 export { loadTorchCheckpoint, readPtTensor, PtTensor, TorchCheckpointError } from './torch-pt.ts';
 export { loadTensor, defaultDType } from './load.ts';
 export { assertGradcheck, gradcheck } from './gradcheck.ts';
+export { KVCache } from './kvcache.ts';

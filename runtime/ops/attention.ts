@@ -191,6 +191,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   if (k.rank !== 4 || k.shape[0] !== B || k.shape[1] !== H || k.shape[3] !== d)
     throw new Error(`attention: k ${shapeStr(k)} must be [${B}, ${H}, S, ${d}] to match q ${shapeStr(q)}`);
   const S = k.shape[2];
+  if (S === 0) throw new Error(`attention: k ${shapeStr(k)} has no positions`);
   if (v.shape.join() !== k.shape.join()) throw new Error(`attention: v ${shapeStr(v)} must have k's shape ${shapeStr(k)}`);
   if (q.dtype !== 'f32' && q.dtype !== 'f16') throw new Error(`attention: q must be f32 or f16, got ${q.dtype}`);
   if (k.dtype !== q.dtype || v.dtype !== q.dtype) throw new Error(`attention: q, k, v dtypes differ (${q.dtype}, ${k.dtype}, ${v.dtype})`);
@@ -207,7 +208,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
     if (needsGrad(mask)) throw new Error('attention: the additive mask takes no gradient; pass a tensor that does not require grad');
   }
   const pad = keyPadding && keyPadding.dtype !== 'f32' ? noGrad(() => cast(keyPadding, 'f32')) : keyPadding;
-  const c: Ctx = { B, H, L, S, d, kvRows: S, causal: !!opts.causal, scale: opts.scale ?? 1 / Math.sqrt(d), pad, mask, rq: rowsPerThread(d, laneGroup()), group: laneGroup() };
+  const group = laneGroup();
+  const c: Ctx = { B, H, L, S, d, kvRows: S, causal: !!opts.causal, scale: opts.scale ?? 1 / Math.sqrt(d), pad, mask, rq: rowsPerThread(d, group), group };
   const { o, lse } = forward(c, q, k, v);
   const extras = [pad, mask].filter((t): t is Tensor => !!t);
   record('attention', o, [q, k, v], [q, k, v, o, lse, ...extras], (g, [qs, ks, vs, os, ls, ...ex]) => {
