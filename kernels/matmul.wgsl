@@ -130,7 +130,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         if (TB) {
           acc[i][j] += vec4<f32>(dot(ai, b[j][0]), dot(ai, b[j][1]), dot(ai, b[j][2]), dot(ai, b[j][3]));
         } else {
-          acc[i][j] += ai.x * b[j][0] + ai.y * b[j][2] + ai.z * b[j][2] + ai.w * b[j][3];
+          acc[i][j] += ai.x * b[j][0] + ai.y * b[j][1] + ai.z * b[j][2] + ai.w * b[j][3];
         }
       }
     }
