@@ -5,8 +5,9 @@
 // float64 CPU reference; the GPU tuning (unrolled rows, 1-2 rows per thread) on this adapter;
 // and O(L·d) memory at L = 16384.
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Tensor, attention, attentionTuning, device, getDevice, noGrad, tensor, tensorCount, tidy } from '../runtime/index.ts';
+import { afterAll, describe, expect, it } from 'vitest';
+import { errorReport } from './ref/suite.ts';
+import { type Tensor, attention, attentionTuning, device, noGrad, tensor, tidy } from '../runtime/index.ts';
 import { assertGradcheck, randomArray } from '../runtime/gradcheck.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
 import { maxRelError } from './ref/cpu.ts';
@@ -14,10 +15,10 @@ import { maxRelError } from './ref/cpu.ts';
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 
 // Worst error per group, printed at the end (the numbers quoted in reports).
-const worst = new Map<string, number>();
+const noteWorst = errorReport();
 async function expectClose(group: string, got: Tensor, want: ArrayLike<number>, rtol: number): Promise<void> {
   const err = maxRelError(await got.data(), want);
-  worst.set(group, Math.max(worst.get(group) ?? 0, err));
+  noteWorst(group, err);
   expect(err, group).toBeLessThanOrEqual(rtol);
 }
 
@@ -51,16 +52,6 @@ function attentionRef(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<n
   }
   return out;
 }
-
-let start = 0;
-beforeAll(async () => {
-  await getDevice();
-  start = tensorCount();
-});
-afterAll(() => {
-  console.log('max relative errors (|gpu - ref| / max |ref|):\n' + [...worst].map(([k, v]) => `  ${k}: ${v.toExponential(2)}`).join('\n'));
-  expect(tensorCount()).toBe(start);
-});
 
 describe.each(['small', 'd64', 'd80'])('vs PyTorch (attention_%s)', async (group) => {
   const file = await openSafetensors(fixture(`attention_${group}.safetensors`));

@@ -4,9 +4,10 @@
 // 16384 x 8 codebook (the split-codebook path, duplicate codes in different tiles and splits),
 // and finite differences of a float64 CPU reference of the losses.
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { errorReport } from './ref/suite.ts';
 import {
-  type Tensor, add, concat, getDevice, l2Normalize, lookup, mul, mulScalar, nearestCode, quantize, reshape, sum, tensor, tensorCount, tidy,
+  type Tensor, add, concat, l2Normalize, lookup, mul, mulScalar, nearestCode, quantize, reshape, sum, tensor, tidy,
 } from '../runtime/index.ts';
 import { assertGradcheck, randomArray } from '../runtime/gradcheck.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
@@ -16,11 +17,11 @@ const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, im
 const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
 // Worst error per check, printed at the end (the numbers quoted in reports).
-const worst = new Map<string, number>();
+const noteWorst = errorReport();
 function expectClose(what: string, got: ArrayLike<number>, want: ArrayLike<number>, rtol: number): void {
   expect(Array.from(want).some((v) => v !== 0), `${what}: an all-zero reference proves nothing`).toBe(true);
   const err = maxRelError(got, want);
-  worst.set(what, Math.max(worst.get(what) ?? 0, err));
+  noteWorst(what, err);
   expect(err, what).toBeLessThanOrEqual(rtol);
 }
 
@@ -77,16 +78,6 @@ function cpuLosses(u: Float64Array[], e: Float64Array[], beta: number, temperatu
   const avgEntropy = -avg.reduce((s, p) => s + p * Math.log(p + 1e-5), 0);
   return { vq: sq, commit: beta * sq, entropy: sampleEntropy - avgEntropy };
 }
-
-let start = 0;
-beforeAll(async () => {
-  await getDevice();
-  start = tensorCount();
-});
-afterAll(() => {
-  console.log('max relative errors (|gpu - ref| / max |ref|):\n' + [...worst].map(([k, v]) => `  ${k}: ${v.toExponential(2)}`).join('\n'));
-  expect(tensorCount()).toBe(start);
-});
 
 describe.each(['codebook_vq', 'codebook_entropy'])('quantize vs PyTorch (%s)', (name) => {
   it('indices exact; z_q, losses and the gradients of z and the codebook within 1e-4', async () => {

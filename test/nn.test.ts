@@ -3,10 +3,10 @@
 // formulas of LlamaGen gpt.py and diffusers), float64 CPU references with finite
 // differences, and f16 storage. Shapes are small and odd.
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { errorReport } from './ref/suite.ts';
 import {
-  type Tensor, applyRotaryEmb, cast, crossEntropy, embedding, geglu, getDevice, precomputeFreqsCis, precomputeFreqsCis2d, swiglu, tensor,
-  tensorCount, timestepEmbedding,
+  type Tensor, applyRotaryEmb, cast, crossEntropy, embedding, geglu, precomputeFreqsCis, precomputeFreqsCis2d, swiglu, tensor, timestepEmbedding,
 } from '../runtime/index.ts';
 import { assertGradcheck, randomArray, seededRandom } from '../runtime/gradcheck.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
@@ -20,9 +20,9 @@ const load = async (f: File, k: string, dtype: 'f32' | 'f16' = 'f32') => tensor(
 const loadI32 = async (f: File, k: string) => tensor(await f.readI32(k), f.info(k).shape, 'i32');
 
 // Worst error per group, printed at the end (the numbers quoted in reports).
-const worst = new Map<string, number>();
+const noteWorst = errorReport();
 function note(group: string, err: number, rtol: number): void {
-  worst.set(group, Math.max(worst.get(group) ?? 0, err));
+  noteWorst(group, err);
   expect(err, group).toBeLessThanOrEqual(rtol);
 }
 async function expectClose(group: string, got: Tensor, want: ArrayLike<number>, rtol: number): Promise<void> {
@@ -30,16 +30,6 @@ async function expectClose(group: string, got: Tensor, want: ArrayLike<number>, 
 }
 const disposeAll = (...ts: (Tensor | null | undefined)[]) => ts.forEach((t) => t?.dispose());
 const f16 = (a: ArrayLike<number>) => Float32Array.from(a, roundToF16);
-
-let start = 0;
-beforeAll(async () => {
-  await getDevice();
-  start = tensorCount();
-});
-afterAll(() => {
-  console.log('max relative errors (|gpu - ref| / max |ref|):\n' + [...worst].map(([k, v]) => `  ${k}: ${v.toExponential(2)}`).join('\n'));
-  expect(tensorCount()).toBe(start);
-});
 
 // ---- embedding -----------------------------------------------------------------------------
 /** Float64 gather and scatter-add: [y, dtable]. Ids outside [0, V) give zero rows and no gradient. */

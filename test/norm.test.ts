@@ -3,8 +3,9 @@
 // RMSNorm), finite differences of a float64 CPU reference, and f16 storage. Rows longer
 // than one reduction chunk (nn_norm_wide) take the two-phase path of kernels/norm.wgsl.
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Tensor, getDevice, groupNorm, layerNorm, rmsNorm, slice, tensor, tensorCount } from '../runtime/index.ts';
+import { describe, expect, it } from 'vitest';
+import { errorReport } from './ref/suite.ts';
+import { type Tensor, groupNorm, layerNorm, rmsNorm, slice, tensor, } from '../runtime/index.ts';
 import { assertGradcheck, randomArray } from '../runtime/gradcheck.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
 import { maxRelError, roundToF16 } from './ref/cpu.ts';
@@ -12,10 +13,10 @@ import { maxRelError, roundToF16 } from './ref/cpu.ts';
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 
 // Worst error per group, printed at the end (the numbers quoted in reports).
-const worst = new Map<string, number>();
+const noteWorst = errorReport();
 async function expectClose(group: string, got: Tensor, want: ArrayLike<number>, rtol: number): Promise<void> {
   const err = maxRelError(await got.data(), want);
-  worst.set(group, Math.max(worst.get(group) ?? 0, err));
+  noteWorst(group, err);
   expect(err, group).toBeLessThanOrEqual(rtol);
 }
 
@@ -44,16 +45,6 @@ const lastRef = (shape: number[], rms: boolean, eps = 1e-5): RowsRef => {
   const d = shape.at(-1)!;
   return { rows: shape.reduce((a, v) => a * v, 1) / d, len: d, groups: 1, hw: 1, rms, silu: false, eps };
 };
-
-let start = 0;
-beforeAll(async () => {
-  await getDevice();
-  start = tensorCount();
-});
-afterAll(() => {
-  console.log('max relative errors (|gpu - ref| / max |ref|):\n' + [...worst].map(([k, v]) => `  ${k}: ${v.toExponential(2)}`).join('\n'));
-  expect(tensorCount()).toBe(start);
-});
 
 type Case = { x: Tensor; w?: Tensor; b?: Tensor };
 /** Runs the fixture's layer (kind from cfg) on the given tensors. */
@@ -117,7 +108,7 @@ describe.each(['nn_norm.safetensors', 'nn_norm_wide.safetensors'])('vs PyTorch (
     lo.forEach((v, i) => {
       const err = maxRelError(v, hi[i]);
       const group = i === 0 ? 'f16 forward' : 'f16 gradients';
-      worst.set(group, Math.max(worst.get(group) ?? 0, err));
+      noteWorst(group, err);
       expect(err, `${group} ${i}`).toBeLessThanOrEqual(2e-3);
     });
   });

@@ -3,10 +3,11 @@
 // of any workgroup or tile size, with broadcasting, views at unaligned offsets and f16 storage.
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { errorReport } from './ref/suite.ts';
 import {
   type Activation, type Tensor, type UnaryOp, add, addScalar, affine, argmax, argmin, cast, clamp, compare, concat, contiguous, device, div,
-  expand, getDevice, linear, logSoftmax, map, matmul, max, maximum, mean, min, minimum, mul, permute, pow, reshape, slice, softmax, stack, sub,
-  sum, tensor, tensorCount, tidy, transpose, unary, unaryOps, where,
+  expand, linear, logSoftmax, map, matmul, max, maximum, mean, min, minimum, mul, permute, pow, reshape, slice, softmax, stack, sub,
+  sum, tensor, tidy, transpose, unary, unaryOps, where,
 } from '../runtime/index.ts';
 import { randomArray } from '../runtime/gradcheck.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
@@ -21,9 +22,9 @@ const ints = (shape: number[], seed: number, n = 4): Arr => ref.arr(randomArray(
 const up = (a: Arr, dtype: 'f32' | 'f16' = 'f32'): Tensor => tensor(Float32Array.from(a.data), a.shape, dtype);
 
 // Worst error seen per group, printed at the end (the numbers quoted in reports).
-const worst = new Map<string, number>();
+const noteWorst = errorReport();
 function note(group: string, err: number): number {
-  worst.set(group, Math.max(worst.get(group) ?? 0, err));
+  noteWorst(group, err);
   return err;
 }
 
@@ -34,16 +35,6 @@ async function expectClose(group: string, got: Tensor, want: Arr, rtol: number):
   expect(err, group).toBeLessThanOrEqual(rtol);
   got.dispose();
 }
-
-let startTensors = 0;
-beforeAll(async () => {
-  await getDevice();
-  startTensors = tensorCount();
-});
-afterAll(() => {
-  console.log('max relative errors (|gpu - ref| / max |ref|):\n' + [...worst].map(([k, v]) => `  ${k}: ${v.toExponential(2)}`).join('\n'));
-  expect(tensorCount()).toBe(startTensors);
-});
 
 // ---- elementwise ---------------------------------------------------------------------
 describe('elementwise', () => {
