@@ -20,6 +20,18 @@ export class Storage {
   }
 }
 
+/** The storage of shape-only (meta) tensors: no GPU bytes; sharing it is free. */
+class MetaStorage extends Storage {
+  constructor() {
+    super(null as unknown as GPUBuffer, 0);
+  }
+  override retain(): this {
+    return this;
+  }
+  override release(): void {}
+}
+const META = new MetaStorage();
+
 export type Shape = readonly number[];
 
 export const numel = (shape: Shape): number => shape.reduce((a, b) => a * b, 1);
@@ -109,6 +121,16 @@ export class Tensor {
     return new Tensor(shape, dtype, new Storage(device().pool.acquire(bytes), bytes));
   }
 
+  /** A shape-only tensor (no data): what modules built in meta mode hold as parameters. */
+  static meta(shape: Shape, dtype: DType = 'f32'): Tensor {
+    checkShape(shape);
+    return new Tensor(shape, dtype, META);
+  }
+
+  get isMeta(): boolean {
+    return this.storage === META;
+  }
+
   get size(): number {
     return numel(this.shape);
   }
@@ -131,6 +153,7 @@ export class Tensor {
 
   assertLive(what = 'tensor'): void {
     if (this.disposed) throw new Error(`${what} [${this.shape.join(', ')}] ${this.dtype} was used after dispose()`);
+    if (this.isMeta) throw new Error(`${what} [${this.shape.join(', ')}] ${this.dtype} is shape-only (built in meta mode) and has no data`);
   }
 
   /** The GPU range holding this tensor's elements, for a kernel binding. */

@@ -6,8 +6,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Tensor, Generator, getDevice, mean, square, stack, sub, tanh, tensor, tensorCount, tidy } from '../runtime/index.ts';
-import { Linear, Module, ModuleList } from '../runtime/nn.ts';
+import { type Tensor, Generator, device, getDevice, mean, square, stack, sub, tanh, tensor, tensorCount, tidy } from '../runtime/index.ts';
+import { Linear, Module, ModuleList, buildMeta, withBuild } from '../runtime/nn.ts';
 import { AdamW, type LrSchedule, clipGradNorm, warmupCosine } from '../runtime/optim.ts';
 import { seededRandom } from '../runtime/gradcheck.ts';
 import { SafetensorsFile, bufferSource, serializeSafetensors } from '../runtime/safetensors.ts';
@@ -231,7 +231,7 @@ describe('Module', () => {
     expect(net.parameters().every((t) => t.requiresGrad)).toBe(true);
 
     const sd = { embed: tensor([5, 6, 7, 8], [2, 2]), 'layers.0.weight': tensor([1, 2, 3, 4, 5, 6], [3, 2]), 'layers.0.bias': tensor([9, 8, 7], [3]) };
-    expect(() => net.loadStateDict(sd)).toThrow(/missing keys \[layers\.1\.weight\], unexpected keys \[\]/);
+    expect(() => net.loadStateDict(sd)).toThrow(/loadStateDict: missing keys \[layers\.1\.weight\]$/);
     const w1 = tensor([1, 1, 1], [1, 3]);
     const bad = tensor([0, 0, 0], [3, 1]);
     expect(() => net.loadStateDict({ ...sd, 'layers.1.weight': w1, extra: bad })).toThrow(/unexpected keys \[extra\]/);
@@ -267,14 +267,14 @@ describe('Module', () => {
     expect(await b.w.toArray()).toEqual([roundToF16(0.1), -2.5, 3]);
     expect(await b.b.toArray()).toEqual([1, 2]);
     const c = new Half([0, 0, 0, 0], [5, 6]);
-    await expect(c.loadSafetensors(file)).rejects.toThrow(/Half.loadSafetensors: 'w' is \[3\] in the source but \[4\] in the module/);
+    await expect(c.loadSafetensors(file)).rejects.toThrow(/Half.loadWeights from .*: 'w' is \[3\] in the source but \[4\] in the module/);
     expect(await c.b.toArray()).toEqual([5, 6]); // nothing loaded
     [a, b, c].forEach((m) => m.dispose());
   });
 
   it('Linear draws torch.nn.Linear init from a seeded generator', async () => {
-    const a = new Linear(7, 5, { generator: new Generator(3) });
-    const b = new Linear(7, 5, { generator: new Generator(3) });
+    const a = withBuild({ generator: new Generator(3) }, () => new Linear(7, 5));
+    const b = withBuild({ generator: new Generator(3) }, () => new Linear(7, 5));
     const wa = await a.weight.toArray();
     expect(wa).toEqual(await b.weight.toArray());
     expect(Math.max(...wa.map(Math.abs))).toBeLessThanOrEqual(1 / Math.sqrt(7));
@@ -282,5 +282,27 @@ describe('Module', () => {
     expect(a.bias!.shape).toEqual([5]);
     a.dispose();
     b.dispose();
+  });
+
+  it('builds shape-only (meta) modules that count parameters without GPU memory and refuse use', () => {
+    const inUse = device().pool.getStats().inUseBytes;
+    const m = buildMeta(() => new ModuleList([new Linear(4096, 4096), new Linear(4096, 10, { bias: false })]));
+    expect(device().pool.getStats().inUseBytes).toBe(inUse);
+    expect(m.parameterCount()).toBe(4096 * 4096 + 4096 + 40960);
+    expect(m.stateShapes()).toEqual({ '0.weight': [4096, 4096], '0.bias': [4096], '1.weight': [10, 4096] });
+    expect(() => m.items[0].weight.binding()).toThrow(/shape-only/);
+    m.dispose();
+  });
+
+  it('freezes and unfreezes parameters; withBuild sets the parameter dtype', () => {
+    const m = new ModuleList([new Linear(3, 2), new Linear(2, 1)]);
+    m.items[0].setTrainable(false);
+    expect(m.trainableParameters().map(([k]) => k)).toEqual(['1.weight', '1.bias']);
+    m.dispose();
+    if (device().hasF16) {
+      const h = withBuild({ dtype: 'f16' }, () => new Linear(3, 2));
+      expect(h.weight.dtype).toBe('f16');
+      h.dispose();
+    }
   });
 });

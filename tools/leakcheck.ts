@@ -4,7 +4,7 @@
 // after warm-up, half way and at the end. In a steady loop none of them may grow: every
 // temporary must go back to the pool and be reused, and nothing may pile up on the host.
 import { device, gelu, getDevice, Generator, mean, randn, sin, square, sub, sum, tensorCount, tidy, type Tensor } from '../runtime/index.ts';
-import { Linear, Module } from '../runtime/nn.ts';
+import { Linear, Module, withBuild } from '../runtime/nn.ts';
 import { AdamW, clipGradNorm } from '../runtime/optim.ts';
 
 export interface LeakSample {
@@ -59,9 +59,11 @@ class Mlp extends Module {
   readonly fc3: Linear;
   constructor(d: number, h: number, gen: Generator) {
     super();
-    this.fc1 = this.module('fc1', new Linear(d, h, { generator: gen }));
-    this.fc2 = this.module('fc2', new Linear(h, h, { generator: gen }));
-    this.fc3 = this.module('fc3', new Linear(h, 1, { generator: gen }));
+    [this.fc1, this.fc2, this.fc3] = withBuild({ generator: gen }, () => [
+      this.module('fc1', new Linear(d, h)),
+      this.module('fc2', new Linear(h, h)),
+      this.module('fc3', new Linear(h, 1)),
+    ]);
   }
   forward(x: Tensor): Tensor {
     return this.fc3.forward(gelu(this.fc2.forward(gelu(this.fc1.forward(x)))));

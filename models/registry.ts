@@ -1,0 +1,45 @@
+// Every model kind the CLI (`layton-run inspect|forward`) and the loaders know, by name.
+// Each graph file exports a ModelKind; this table is the one place that lists them.
+import type { Module, Tensor } from '../runtime/index.ts';
+
+export interface ModelKind<C = any, M extends Module = Module> {
+  /** the --kind name: unet, controlnet, vae, vq, gpt, t5 */
+  kind: string;
+  /** diffusers / transformers `_class_name` or `architectures` values that imply this kind */
+  classNames: string[];
+  /** validates a config.json object (unknown fields ignored; bad values are errors naming the field) */
+  parseConfig(json: Record<string, unknown>): C;
+  /** the config as config.json should store it */
+  toJson(config: C): Record<string, unknown>;
+  /** builds the model (inside withBuild / buildMeta to pick meta, dtype and generator) */
+  build(config: C): M;
+  /** checkpoint names -> module names (old diffusers attention names, a release's prefixes); null drops a key */
+  renameKey?(key: string): string | null;
+  /** the torch.save dict key holding the state dict, with a trailing dot (LlamaGen: "model.") */
+  ptPrefix?: string;
+  /** forward's input names as the reference names its arguments, each with a one-line description */
+  inputs: Record<string, string>;
+  /** runs the forward pass; returns every output tensor by name */
+  forward(model: M, inputs: Record<string, Tensor>, config: C): Promise<Record<string, Tensor>> | Record<string, Tensor>;
+}
+
+const kinds = new Map<string, ModelKind>();
+
+export function registerKind(k: ModelKind): void {
+  if (kinds.has(k.kind)) throw new Error(`model kind '${k.kind}' registered twice`);
+  kinds.set(k.kind, k);
+}
+
+export function getKind(name: string): ModelKind {
+  const k = kinds.get(name);
+  if (!k) throw new Error(`unknown model kind '${name}' (known: ${[...kinds.keys()].join(', ')})`);
+  return k;
+}
+
+export const kindNames = (): string[] => [...kinds.keys()];
+
+/** The kind a config names through `_class_name` (diffusers) or `architectures` (transformers), if any. */
+export function kindOfConfig(json: Record<string, unknown>): ModelKind | undefined {
+  const names = [json._class_name, ...(Array.isArray(json.architectures) ? json.architectures : [])].filter((x) => typeof x === 'string');
+  return [...kinds.values()].find((k) => names.some((n) => k.classNames.includes(n as string)));
+}
