@@ -2,6 +2,12 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { doctor } from './doctor.ts';
+import { formatInspect, forward, inspect } from './inspect.ts';
+import { getKind, kindNames } from '../models/index.ts';
+
+function inputHelp(): string {
+  return ['inputs per kind:', ...kindNames().map((n) => `  ${n}: ` + Object.entries(getKind(n).inputs).map(([k, d]) => `${k} (${d})`).join('; '))].join('\n');
+}
 
 await yargs(hideBin(process.argv))
   .scriptName('layton-run')
@@ -15,6 +21,36 @@ await yargs(hideBin(process.argv))
     async (a) => {
       const ok = await doctor({ json: a.json, leakCheck: a['leak-check'] });
       process.exitCode = ok ? 0 : 1;
+    },
+  )
+  .command(
+    'inspect <config>',
+    'build a model shape-only from a config.json (or a model folder) and print its parameter count and state-dict keys',
+    (y) =>
+      y
+        .positional('config', { type: 'string', demandOption: true, describe: 'a config.json file or a folder holding one' })
+        .option('kind', { type: 'string', choices: kindNames(), describe: 'model kind (default: from the config\'s _class_name / architectures)' })
+        .option('keys', { type: 'boolean', default: false, describe: 'list every state-dict key with its shape' })
+        .option('json', { type: 'boolean', default: false, describe: 'print {"parameters": N, "keys": {name: shape}}' }),
+    async (a) => {
+      const r = await inspect(a.config, a.kind);
+      process.stdout.write(a.json ? JSON.stringify({ kind: r.kind, parameters: r.parameters, keys: r.keys }) + '\n' : formatInspect(r, a.keys) + '\n');
+    },
+  )
+  .command(
+    'forward',
+    'load a model folder, run its forward pass on named inputs from a safetensors file, and write every output tensor',
+    (y) =>
+      y
+        .option('kind', { type: 'string', choices: kindNames(), describe: 'model kind (default: from config.json)' })
+        .option('model', { type: 'string', demandOption: true, describe: 'folder with config.json and its weights (*.safetensors, a sharded index, or a .pt checkpoint)' })
+        .option('inputs', { type: 'string', demandOption: true, describe: 'safetensors file of inputs named as the reference forward\'s arguments (see the list below)' })
+        .option('out', { type: 'string', demandOption: true, describe: 'safetensors file to write the outputs to' })
+        .option('dtype', { type: 'string', choices: ['f32', 'f16'], default: 'f32', describe: 'weight dtype on the GPU' })
+        .epilogue(inputHelp()),
+    async (a) => {
+      const names = await forward({ kind: a.kind, model: a.model, inputs: a.inputs, out: a.out, dtype: a.dtype as 'f32' | 'f16', log: (m) => process.stderr.write(m + '\n') });
+      process.stderr.write(`wrote ${names.join(', ')} to ${a.out}\n`);
     },
   )
   .demandCommand(1, 'name a command (see --help)')
