@@ -13,5 +13,5 @@ export {
 } from './safetensors.ts';
 export { loadTorchCheckpoint, readPtTensor, PtTensor, TorchCheckpointError } from './torch-pt.ts';
 export { loadTensor, defaultDType } from './load.ts';
-export { assertGradcheck, gradcheck } from './gradcheck.ts';
+export { assertGradcheck, gradcheck, seededRandom } from './gradcheck.ts';
 export { KVCache } from './kvcache.ts';

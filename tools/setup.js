@@ -2,7 +2,8 @@
 // Makes a fresh machine ready: npm dependencies, and a WebGPU adapter. Where Dawn finds no
 // adapter (no GPU, no usable Vulkan driver) on Debian 12 as root, installs Mesa 25's
 // software Vulkan driver (lavapipe) from bookworm-backports; Debian 12's own Mesa 22 is too
-// old for Dawn. Set LAYTON_NO_SYSTEM_INSTALL=1 to forbid the apt step.
+// old for Dawn. With --browser (the tests' set-up) also Debian's chromium, which the browser
+// test drives. Set LAYTON_NO_SYSTEM_INSTALL=1 to forbid the apt steps.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -12,8 +13,11 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const log = (m) => process.stderr.write(`[setup] ${m}\n`);
 
 function ensureNodeModules() {
-  if (existsSync(join(root, 'node_modules', 'webgpu')) && existsSync(join(root, 'node_modules', 'tsx'))) return;
-  log('installing npm dependencies (npm ci)');
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+  const wanted = Object.keys({ ...pkg.dependencies, ...pkg.devDependencies });
+  const missing = wanted.filter((n) => !existsSync(join(root, 'node_modules', n, 'package.json')));
+  if (!missing.length) return;
+  log(`installing npm dependencies (npm ci; missing: ${missing.join(', ')})`);
   execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: root, stdio: 'inherit' });
 }
 
@@ -39,10 +43,12 @@ const HELP =
   "/etc/apt/sources.list.d/backports.list, then 'apt-get update && apt-get install -y -t bookworm-backports mesa-vulkan-drivers' " +
   '(Mesa 25 lavapipe; Debian 12 Mesa 22 is rejected by Dawn). With a GPU: install its Vulkan driver.';
 
+const mayApt = () =>
+  existsSync('/etc/debian_version') && readFileSync('/etc/debian_version', 'utf8').startsWith('12') &&
+  process.getuid?.() === 0 && process.env.LAYTON_NO_SYSTEM_INSTALL !== '1';
+
 function installLavapipe() {
-  const debian = existsSync('/etc/debian_version') && readFileSync('/etc/debian_version', 'utf8').startsWith('12');
-  const isRoot = process.getuid?.() === 0;
-  if (!debian || !isRoot || process.env.LAYTON_NO_SYSTEM_INSTALL === '1') {
+  if (!mayApt()) {
     log(HELP);
     process.exit(1);
   }
@@ -65,3 +71,14 @@ if (!adapter) {
   }
 }
 log(`WebGPU adapter: ${adapter}`);
+
+if (process.argv.includes('--browser') && !existsSync('/usr/bin/chromium')) {
+  if (!mayApt()) {
+    log("the browser test needs Debian's chromium at /usr/bin/chromium: 'apt-get install chromium'");
+    process.exit(1);
+  }
+  log("installing Debian's chromium for the browser test");
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  execFileSync('apt-get', ['update', '-q'], { stdio: 'inherit', env });
+  execFileSync('apt-get', ['install', '-y', '-q', 'chromium'], { stdio: 'inherit', env });
+}
