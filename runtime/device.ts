@@ -46,6 +46,7 @@ export class Device {
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
   private pipelines = new Map<string, GPUComputePipeline>();
+  private layouts = new WeakMap<GPUComputePipeline, GPUBindGroupLayout>();
   private arena: GPUBuffer;
   private arenaCpu = new ArrayBuffer(ARENA_BYTES);
   private arenaUsed = 0;
@@ -159,7 +160,9 @@ export class Device {
       this.arenaUsed += PARAM_SLOT;
       entries.push({ binding: spec.buffers.length, resource: { buffer: this.arena, offset: off, size: PARAM_SLOT } });
     }
-    const bg = this.gpu.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
+    let layout = this.layouts.get(pipe);
+    if (!layout) this.layouts.set(pipe, (layout = pipe.getBindGroupLayout(0))); // a Dawn call per dispatch otherwise
+    const bg = this.gpu.createBindGroup({ layout, entries });
     if (!this.encoder) this.encoder = this.gpu.createCommandEncoder();
     if (!this.pass) this.pass = this.encoder.beginComputePass();
     this.pass.setPipeline(pipe);
