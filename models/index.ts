@@ -5,5 +5,6 @@ export { getKind, kindNames, kindOfConfig, registerKind, type ModelKind } from '
 export * from './layers.ts';
 export * from './checkpoint.ts';
 export { ConfigReader } from './config.ts';
+export * from './schedulers.ts';
 
 for (const k of [] as Parameters<typeof registerKind>[0][]) registerKind(k);
