@@ -1,10 +1,13 @@
 // The model graphs: every kind the loaders and the CLI know is registered here.
 import { registerKind } from './registry.ts';
+import { t5Kind } from './t5.ts';
 
 export { getKind, kindNames, kindOfConfig, registerKind, type ModelKind } from './registry.ts';
 export * from './layers.ts';
 export * from './checkpoint.ts';
 export { ConfigReader } from './config.ts';
 export * from './schedulers.ts';
+export { T5EncoderModel, encodeCaptions } from './t5.ts';
+export { Tokenizer } from './tokenizer.ts';
 
-for (const k of [] as Parameters<typeof registerKind>[0][]) registerKind(k);
+for (const k of [t5Kind]) registerKind(k);

@@ -4,7 +4,7 @@ export { Tensor, tidy, keep, withView, tensorCount, numel, type Shape } from './
 export { type DType, dtypeBytes, isFloat } from './dtype.ts';
 export { noGrad, isGradEnabled, backward, record, needsGrad } from './autograd.ts';
 export * from './ops/index.ts';
-export { Module, ModuleList, Linear, withBuild, buildMeta, type BuildOptions, type Init } from './nn.ts';
+export { Module, ModuleList, Linear, withBuild, buildMeta, buildOptions, type BuildOptions, type Init } from './nn.ts';
 export { safetensorsWeights, torchWeights, renameWeights, type WeightSource } from './weights.ts';
 export * from './optim.ts';
 export {

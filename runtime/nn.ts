@@ -39,6 +39,9 @@ export function withBuild<T>(o: BuildOptions, fn: () => T): T {
   }
 }
 
+/** The options withBuild is currently applying (for modules that build differently in meta mode). */
+export const buildOptions = (): Readonly<BuildOptions> => build;
+
 /** A full-size model's parameter shapes and count, without allocating a byte of weights. */
 export const buildMeta = <M extends Module>(fn: () => M): M => withBuild({ meta: true }, fn);
 

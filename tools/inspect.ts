@@ -5,7 +5,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { getKind, kindNames, kindOfConfig, type ModelKind } from '../models/index.ts';
 import { openWeights, readConfig } from '../models/checkpoint.ts';
-import { type DType, type Tensor, buildMeta, getDevice, loadTensor, noGrad, renameWeights, withBuild } from '../runtime/index.ts';
+import { type DType, type Tensor, buildMeta, getDevice, loadTensor, renameWeights, withBuild } from '../runtime/index.ts';
 import { toSafetensorsEntries } from '../runtime/nn.ts';
 import { openSafetensors, saveSafetensors } from '../runtime/platform/node-fs.ts';
 import { modelDir } from './modeldir.ts';
@@ -78,7 +78,8 @@ export async function forward(a: ForwardArgs): Promise<string[]> {
   const dev = await getDevice();
   if (a.dtype === 'f16' && !dev.hasF16) throw new Error(`--dtype f16: this adapter (${dev.info().adapter}) lacks shader-f16`);
   const inFile = await openSafetensors(a.inputs);
-  const model = withBuild({ dtype: a.dtype ?? 'f32' }, () => k.build(config));
+  // frozen: forward may be async (host-side gathers), where noGrad would not reach past an await
+  const model = withBuild({ dtype: a.dtype ?? 'f32' }, () => k.build(config)).setTrainable(false);
   const { weights, close } = await openWeights(files, { ptPrefix: k.ptPrefix });
   const inputs: Record<string, Tensor> = {};
   try {
@@ -89,7 +90,7 @@ export async function forward(a: ForwardArgs): Promise<string[]> {
     log(`loaded ${model.parameterCount().toLocaleString('en-US')} parameters from ${weights.name} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     for (const n of inFile.keys()) inputs[n] = await loadTensor(inFile, n);
     const t1 = performance.now();
-    const outputs = await noGrad(() => k.forward(model, inputs, config));
+    const outputs = await k.forward(model, inputs, config);
     const entries = await toSafetensorsEntries(outputs);
     log(`forward in ${((performance.now() - t1) / 1000).toFixed(1)} s`);
     for (const t of Object.values(outputs)) t.dispose();
