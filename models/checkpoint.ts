@@ -50,9 +50,10 @@ export interface OpenedWeights {
  * `<stem>.safetensors` for the preferred stems (diffusers' diffusion_pytorch_model, then
  * model), then (with `variant`, e.g. "fp16") `<stem>.<variant>.safetensors`, then the
  * only *.safetensors, then the only .pt/.bin/.pth checkpoint (`ptPrefix`: the dict key
- * holding the state dict, e.g. "model." in LlamaGen's files).
+ * holding the state dict, e.g. "model." in LlamaGen's files; a list is tried in order, so
+ * ["ema.", "model."] prefers EMA weights where a checkpoint has them).
  */
-export async function openWeights(files: ModelFiles, o: { variant?: string; ptPrefix?: string } = {}): Promise<OpenedWeights> {
+export async function openWeights(files: ModelFiles, o: { variant?: string; ptPrefix?: string | string[] } = {}): Promise<OpenedWeights> {
   const names = await files.list();
   const opened: ByteSource[] = [];
   const close = async () => {
@@ -90,7 +91,9 @@ export async function openWeights(files: ModelFiles, o: { variant?: string; ptPr
     const pt = names.filter((n) => /\.(pt|pth|bin)$/.test(n));
     if (single.length === 0 && pt.length === 1) {
       const ckpt = await loadTorchCheckpoint(await openFile(pt[0]));
-      return { weights: torchWeights(ckpt, o.ptPrefix ?? ''), close };
+      const prefixes = typeof o.ptPrefix === 'string' ? [o.ptPrefix] : (o.ptPrefix ?? ['']);
+      const prefix = prefixes.find((p) => [...ckpt.tensors.keys()].some((k) => k.startsWith(p))) ?? prefixes[0];
+      return { weights: torchWeights(ckpt, prefix), close };
     }
     throw new Error(
       single.length > 1 || pt.length > 1

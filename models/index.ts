@@ -1,6 +1,7 @@
 // The model graphs: every kind the loaders and the CLI know is registered here.
 import { registerKind } from './registry.ts';
 import { t5Kind } from './t5.ts';
+import { vqKind } from './vq.ts';
 
 export { getKind, kindNames, kindOfConfig, registerKind, type ModelKind } from './registry.ts';
 export * from './layers.ts';
@@ -9,5 +10,6 @@ export { ConfigReader } from './config.ts';
 export * from './schedulers.ts';
 export { T5EncoderModel, encodeCaptions } from './t5.ts';
 export { Tokenizer } from './tokenizer.ts';
+export { VQModel, parseVQConfig, vqConfigJson, loadVQModel, CodebookUsage, VQ_MODELS } from './vq.ts';
 
-for (const k of [t5Kind]) registerKind(k);
+for (const k of [t5Kind, vqKind]) registerKind(k);

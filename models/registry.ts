@@ -15,8 +15,8 @@ export interface ModelKind<C = any, M extends Module = Module> {
   build(config: C): M;
   /** checkpoint names -> module names (old diffusers attention names, a release's prefixes); null drops a key */
   renameKey?(key: string): string | null;
-  /** the torch.save dict key holding the state dict, with a trailing dot (LlamaGen: "model.") */
-  ptPrefix?: string;
+  /** the torch.save dict key(s) holding the state dict, with a trailing dot, tried in order (LlamaGen: "ema.", "model.") */
+  ptPrefix?: string | string[];
   /** forward's input names as the reference names its arguments, each with a one-line description */
   inputs: Record<string, string>;
   /** runs the forward pass; returns every output tensor by name */
