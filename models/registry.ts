@@ -1,6 +1,6 @@
 // Every model kind the CLI (`layton-run inspect|forward`) and the loaders know, by name.
 // Each graph file exports a ModelKind; this table is the one place that lists them.
-import type { Module, Tensor } from '../runtime/index.ts';
+import type { Module, Tensor, WeightSource } from '../runtime/index.ts';
 
 export interface ModelKind<C = any, M extends Module = Module> {
   /** the --kind name: unet, controlnet, vae, vq, gpt, t5 */
@@ -13,8 +13,10 @@ export interface ModelKind<C = any, M extends Module = Module> {
   toJson(config: C): Record<string, unknown>;
   /** builds the model (inside withBuild / buildMeta to pick meta, dtype and generator) */
   build(config: C): M;
-  /** checkpoint names -> module names (old diffusers attention names, a release's prefixes); null drops a key */
+  /** checkpoint names -> module names (a release's prefixes, dropped buffers); null drops a key */
   renameKey?(key: string): string | null;
+  /** wraps the checkpoint's weights where renaming is not enough (old diffusers attention stored as [C, C, 1, 1] convs) */
+  adaptWeights?(src: WeightSource): WeightSource;
   /** the torch.save dict key(s) holding the state dict, with a trailing dot, tried in order (LlamaGen: "ema.", "model.") */
   ptPrefix?: string | string[];
   /** forward's input names as the reference names its arguments, each with a one-line description */

@@ -86,7 +86,8 @@ export async function forward(a: ForwardArgs): Promise<string[]> {
     const unknown = inFile.keys().filter((n) => !(n in k.inputs));
     if (unknown.length) throw new Error(`${a.inputs}: unknown input(s) ${unknown.join(', ')} for --kind ${k.kind} (inputs: ${Object.keys(k.inputs).join(', ')})`);
     const t0 = performance.now();
-    await model.loadWeights(k.renameKey ? renameWeights(weights, k.renameKey) : weights);
+    const renamed = k.renameKey ? renameWeights(weights, k.renameKey) : weights;
+    await model.loadWeights(k.adaptWeights ? k.adaptWeights(renamed) : renamed);
     log(`loaded ${model.parameterCount().toLocaleString('en-US')} parameters from ${weights.name} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     for (const n of inFile.keys()) inputs[n] = await loadTensor(inFile, n);
     const t1 = performance.now();
