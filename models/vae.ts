@@ -5,13 +5,13 @@
 // (UpDecoderBlock2D levels, highest width first). Images are NCHW in [-1, 1]; latents for a
 // diffusion model are `posterior sample · scaling_factor` (SDXL: 0.13025).
 import {
-  Generator, Module, ModuleList, type Tensor, type DType, add, cast, clamp, concat, device, exp, mul, mulScalar, randn, slice, tensor, tidy, withBuild,
+  Generator, Module, ModuleList, type Tensor, type DType, add, cast, clamp, concat, device, exp, mul, mulScalar, randn, slice, tensor, tidy, 
 } from '../runtime/index.ts';
-import { Attention, Downsample2D, ResnetBlock2D, Upsample2D, legacyAttentionWeights, renameLegacyAttention, step } from './blocks.ts';
-import { type ModelFiles, openWeights, readConfig } from './checkpoint.ts';
+import { Attention, Downsample2D, ResnetBlock2D, Upsample2D, legacyAttentionWeights, step } from './blocks.ts';
+import { type ModelFiles } from './checkpoint.ts';
 import { ConfigReader } from './config.ts';
 import { Conv2d, GroupNorm } from './layers.ts';
-import type { ModelKind } from './registry.ts';
+import { type LoadOptions, type ModelKind, loadModel } from './registry.ts';
 
 export interface VaeConfig {
   inChannels: number;
@@ -387,7 +387,8 @@ export const vaeKind: ModelKind<VaeConfig, AutoencoderKL> = {
   parseConfig: (json) => parseVaeConfig(json),
   toJson: vaeConfigJson,
   build: (c) => new AutoencoderKL(c),
-  // names only: 1x1-conv-shaped projections need legacyAttentionWeights (loadVae uses it)
+  dtype: vaeDType,
+  // old checkpoints: query/key/value/proj_attn, some stored as 1x1 convs
   adaptWeights: (src) => legacyAttentionWeights(src),
   inputs: {
     sample: 'images [B, in_channels, H, W] in [-1, 1] (H, W multiples of 2^(levels-1))',
@@ -411,19 +412,4 @@ export const vaeKind: ModelKind<VaeConfig, AutoencoderKL> = {
 };
 
 /** A diffusers AutoencoderKL folder (config.json + weights, old attention names too), loaded in `dtype` (default vaeDType). */
-export async function loadVae(files: ModelFiles, o: { dtype?: DType; variant?: string } = {}): Promise<AutoencoderKL> {
-  const config = parseVaeConfig(await readConfig(files), `${files.name}/config.json`);
-  const { weights, close } = await openWeights(files, { variant: o.variant });
-  try {
-    const model = withBuild({ dtype: o.dtype ?? vaeDType(config) }, () => new AutoencoderKL(config));
-    try {
-      await model.loadWeights(legacyAttentionWeights(weights));
-    } catch (e) {
-      model.dispose();
-      throw e;
-    }
-    return model;
-  } finally {
-    await close();
-  }
-}
+export const loadVae = async (files: ModelFiles, o: LoadOptions = {}): Promise<AutoencoderKL> => (await loadModel(files, vaeKind, o)).model;

@@ -8,12 +8,12 @@
 // imagesToTensor does vq_demo.py's x / 255 · 2 - 1).
 import {
   Module, ModuleList, type Tensor, attention, buildOptions, l2Normalize, linear, lookup, matmul, mulScalar, permute, quantize, rand,
-  renameWeights, reshape, softmax, tidy, upsampleNearest2x, withBuild, type DType,
+  reshape, softmax, tidy, upsampleNearest2x, 
 } from '../runtime/index.ts';
-import { type ModelFiles, openWeights, readConfig } from './checkpoint.ts';
+import { type ModelFiles } from './checkpoint.ts';
 import { ConfigReader } from './config.ts';
 import { Conv2d, GroupNorm } from './layers.ts';
-import type { ModelKind } from './registry.ts';
+import { type LoadOptions, type ModelKind, loadModel } from './registry.ts';
 
 export interface VQConfig {
   codebookSize: number;
@@ -426,19 +426,4 @@ export const vqKind: ModelKind<VQConfig, VQModel> = {
 };
 
 /** A model folder's VQ tokenizer (config.json + model.safetensors or a LlamaGen .pt), loaded. */
-export async function loadVQModel(files: ModelFiles, o: { dtype?: DType } = {}): Promise<VQModel> {
-  const config = parseVQConfig(await readConfig(files), `${files.name}/config.json`);
-  const { weights, close } = await openWeights(files, { ptPrefix: vqKind.ptPrefix });
-  try {
-    const model = withBuild({ dtype: o.dtype ?? 'f32' }, () => new VQModel(config));
-    try {
-      await model.loadWeights(renameWeights(weights, renameKey));
-    } catch (e) {
-      model.dispose();
-      throw e;
-    }
-    return model;
-  } finally {
-    await close();
-  }
-}
+export const loadVQModel = async (files: ModelFiles, o: LoadOptions = {}): Promise<VQModel> => (await loadModel(files, vqKind, o)).model;

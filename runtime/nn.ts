@@ -24,6 +24,8 @@ export interface BuildOptions {
   dtype?: DType;
   /** the generator random inits draw from (default: the global one) */
   generator?: Rng;
+  /** false: leave new parameters uninitialised (they are about to be loaded from a checkpoint) */
+  init?: boolean;
 }
 
 let build: BuildOptions = {};
@@ -48,6 +50,7 @@ export const buildMeta = <M extends Module>(fn: () => M): M => withBuild({ meta:
 function initTensor(shape: Shape, init: Init): Tensor {
   const dtype = build.dtype ?? 'f32';
   if (build.meta) return Tensor.meta(shape, dtype);
+  if (build.init === false) return Tensor.empty(shape, dtype);
   if (typeof init === 'function') return init(shape, dtype);
   if (init === 'zeros') return zeros(shape, dtype);
   if (init === 'ones') return ones(shape, dtype);

@@ -46,10 +46,10 @@ await yargs(hideBin(process.argv))
         .option('model', { type: 'string', demandOption: true, describe: 'folder with config.json and its weights (*.safetensors, a sharded index, or a .pt checkpoint)' })
         .option('inputs', { type: 'string', demandOption: true, describe: 'safetensors file of inputs named as the reference forward\'s arguments (see the list below)' })
         .option('out', { type: 'string', demandOption: true, describe: 'safetensors file to write the outputs to' })
-        .option('dtype', { type: 'string', choices: ['f32', 'f16'], default: 'f32', describe: 'weight dtype on the GPU' })
+        .option('dtype', { type: 'string', choices: ['f32', 'f16'], describe: 'weight dtype on the GPU (default: the model kind\'s, f32 for most)' })
         .epilogue(inputHelp()),
     async (a) => {
-      const names = await forward({ kind: a.kind, model: a.model, inputs: a.inputs, out: a.out, dtype: a.dtype as 'f32' | 'f16', log: (m) => process.stderr.write(m + '\n') });
+      const names = await forward({ kind: a.kind, model: a.model, inputs: a.inputs, out: a.out, dtype: a.dtype as 'f32' | 'f16' | undefined, log: (m) => process.stderr.write(m + '\n') });
       process.stderr.write(`wrote ${names.join(', ')} to ${a.out}\n`);
     },
   )

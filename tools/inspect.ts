@@ -3,9 +3,9 @@
 // inputs — how a user checks a port against the reference implementation.
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { getKind, kindNames, kindOfConfig, type ModelKind } from '../models/index.ts';
-import { openWeights, readConfig } from '../models/checkpoint.ts';
-import { type DType, type Tensor, buildMeta, getDevice, loadTensor, renameWeights, withBuild } from '../runtime/index.ts';
+import { getKind, kindNames, kindOfConfig, loadModel, type ModelKind } from '../models/index.ts';
+import { readConfig } from '../models/checkpoint.ts';
+import { type DType, type Tensor, buildMeta, getDevice, loadTensor } from '../runtime/index.ts';
 import { toSafetensorsEntries } from '../runtime/nn.ts';
 import { openSafetensors, saveSafetensors } from '../runtime/platform/node-fs.ts';
 import { modelDir } from './modeldir.ts';
@@ -72,35 +72,33 @@ export interface ForwardArgs {
 export async function forward(a: ForwardArgs): Promise<string[]> {
   const log = a.log ?? (() => {});
   const files = await modelDir(a.model);
-  const json = await readConfig(files);
-  const k = resolveKind(a.kind, json, join(a.model, 'config.json'));
-  const config = k.parseConfig(json);
+  const k = resolveKind(a.kind, await readConfig(files), join(a.model, 'config.json'));
   const dev = await getDevice();
   if (a.dtype === 'f16' && !dev.hasF16) throw new Error(`--dtype f16: this adapter (${dev.info().adapter}) lacks shader-f16`);
   const inFile = await openSafetensors(a.inputs);
-  // frozen: forward may be async (host-side gathers), where noGrad would not reach past an await
-  const model = withBuild({ dtype: a.dtype ?? 'f32' }, () => k.build(config)).setTrainable(false);
-  const { weights, close } = await openWeights(files, { ptPrefix: k.ptPrefix });
   const inputs: Record<string, Tensor> = {};
   try {
     const unknown = inFile.keys().filter((n) => !(n in k.inputs));
     if (unknown.length) throw new Error(`${a.inputs}: unknown input(s) ${unknown.join(', ')} for --kind ${k.kind} (inputs: ${Object.keys(k.inputs).join(', ')})`);
     const t0 = performance.now();
-    const renamed = k.renameKey ? renameWeights(weights, k.renameKey) : weights;
-    await model.loadWeights(k.adaptWeights ? k.adaptWeights(renamed) : renamed);
-    log(`loaded ${model.parameterCount().toLocaleString('en-US')} parameters from ${weights.name} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-    for (const n of inFile.keys()) inputs[n] = await loadTensor(inFile, n);
-    const t1 = performance.now();
-    const outputs = await k.forward(model, inputs, config);
-    const entries = await toSafetensorsEntries(outputs);
-    log(`forward in ${((performance.now() - t1) / 1000).toFixed(1)} s`);
-    for (const t of Object.values(outputs)) t.dispose();
-    await saveSafetensors(a.out, entries, { kind: k.kind, model: a.model });
-    return Object.keys(entries);
+    const { model, config } = await loadModel(files, k, { dtype: a.dtype });
+    try {
+      // frozen: forward may be async (host-side gathers), where noGrad would not reach past an await
+      model.setTrainable(false);
+      log(`loaded ${model.parameterCount().toLocaleString('en-US')} parameters from ${a.model} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      for (const n of inFile.keys()) inputs[n] = await loadTensor(inFile, n);
+      const t1 = performance.now();
+      const outputs = await k.forward(model, inputs, config);
+      const entries = await toSafetensorsEntries(outputs);
+      log(`forward in ${((performance.now() - t1) / 1000).toFixed(1)} s`);
+      for (const t of Object.values(outputs)) t.dispose();
+      await saveSafetensors(a.out, entries, { kind: k.kind, model: a.model });
+      return Object.keys(entries);
+    } finally {
+      model.dispose();
+    }
   } finally {
     for (const t of Object.values(inputs)) t.dispose();
-    model.dispose();
-    await close();
     await inFile.source.close?.();
   }
 }
