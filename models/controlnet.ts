@@ -31,9 +31,16 @@ export interface ControlNetConfig extends EncoderConfig {
    * conditioning already comes at the embedding's input resolution, as in diffusers)
    */
   conditioningUpsampleFactor: number;
+  /** Layton: 1 keeps the conditioning embedding at its input resolution (its release's variant); diffusers: 2 */
+  conditioningEmbeddingStride: 1 | 2;
 }
 
-/** diffusers ControlNetModel's config.json fields with its defaults, plus Layton's conditioning_upsample_factor. */
+const checkStride = (r: ConfigReader): 2 => {
+  if (r.json.conditioning_embedding_stride != null && r.json.conditioning_embedding_stride !== 2) throw new Error(`${r.where}: "conditioning_embedding_stride" must be 1 or 2, got ${JSON.stringify(r.json.conditioning_embedding_stride)}`);
+  return 2;
+};
+
+/** diffusers ControlNetModel's config.json fields with its defaults, plus Layton's conditioning_upsample_factor and conditioning_embedding_stride. */
 export function parseControlNetConfig(json: Record<string, unknown>, where = 'config.json'): ControlNetConfig {
   const r = new ConfigReader(json, where);
   const enc = readEncoderFields(r, ['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D'], { perBlockLists: false });
@@ -46,6 +53,7 @@ export function parseControlNetConfig(json: Record<string, unknown>, where = 'co
     channelOrder: r.str('controlnet_conditioning_channel_order', 'rgb', ['rgb', 'bgr'] as const),
     globalPoolConditions: r.bool('global_pool_conditions', false),
     conditioningUpsampleFactor: r.int('conditioning_upsample_factor', 1, 1),
+    conditioningEmbeddingStride: r.int('conditioning_embedding_stride', 2, 1) === 1 ? 1 : checkStride(r),
   };
 }
 
@@ -60,6 +68,7 @@ export function controlNetConfigJson(c: ControlNetConfig): Record<string, unknow
     controlnet_conditioning_channel_order: c.channelOrder,
     global_pool_conditions: c.globalPoolConditions,
     conditioning_upsample_factor: c.conditioningUpsampleFactor,
+    conditioning_embedding_stride: c.conditioningEmbeddingStride,
   };
 }
 
@@ -87,19 +96,20 @@ export class ControlNetConditioningEmbedding extends Module {
   readonly blocks: ModuleList<Conv2d>;
   readonly conv_out: Conv2d;
 
-  constructor(embeddingChannels: number, conditioningChannels: number, widths: number[]) {
+  /** stride 2: diffusers (an image-sized hint down to the latent grid); 1: Layton's release, whose token features arrive upsampled to the latent grid */
+  constructor(embeddingChannels: number, conditioningChannels: number, widths: number[], readonly stride: 1 | 2 = 2) {
     super();
     this.conv_in = this.module('conv_in', new Conv2d(conditioningChannels, widths[0], 3, { padding: 1 }));
     this.blocks = this.module('blocks', new ModuleList(widths.slice(1).flatMap((out, i) => [
       new Conv2d(widths[i], widths[i], 3, { padding: 1 }),
-      new Conv2d(widths[i], out, 3, { padding: 1, stride: 2 }),
+      new Conv2d(widths[i], out, 3, { padding: 1, stride }),
     ])));
     this.conv_out = this.module('conv_out', zeroModule(new Conv2d(widths.at(-1)!, embeddingChannels, 3, { padding: 1 })));
   }
 
-  /** How much smaller the output is than the input (2 per stride-2 conv). */
+  /** How much smaller the output is than the input. */
   get downscale(): number {
-    return 2 ** (this.blocks.items.length / 2);
+    return this.stride ** (this.blocks.items.length / 2);
   }
 
   forward(cond: Tensor): Tensor {
@@ -137,7 +147,7 @@ export class ControlNetModel extends Module implements EncoderParts {
     this.time_embedding = this.module('time_embedding', timeEmbedding);
     this.add_embedding = addEmbedding && this.module('add_embedding', addEmbedding);
     this.controlnet_cond_embedding = this.module('controlnet_cond_embedding',
-      new ControlNetConditioningEmbedding(c.blockOutChannels[0], c.conditioningChannels, c.conditioningEmbeddingOutChannels));
+      new ControlNetConditioningEmbedding(c.blockOutChannels[0], c.conditioningChannels, c.conditioningEmbeddingOutChannels, c.conditioningEmbeddingStride));
     this.down_blocks = this.module('down_blocks', buildDownBlocks(c));
     // one zero conv per down-path state: conv_in's output, each layer's, each downsampler's
     const stateChannels = [c.blockOutChannels[0], ...c.blockOutChannels.flatMap((ch, i) => new Array(c.layersPerBlock[i] + (i < n - 1 ? 1 : 0)).fill(ch))];
@@ -192,6 +202,7 @@ export interface FromUnetOptions {
   conditioningChannels?: number;
   conditioningEmbeddingOutChannels?: number[];
   conditioningUpsampleFactor?: number;
+  conditioningEmbeddingStride?: 1 | 2;
   channelOrder?: 'rgb' | 'bgr';
   /** copy the UNet's weights (default true) */
   loadWeightsFromUnet?: boolean;
@@ -227,6 +238,7 @@ export function controlNetFromUnet(unet: UNet2DConditionModel, o: FromUnetOption
     channelOrder: o.channelOrder ?? 'rgb',
     globalPoolConditions: false,
     conditioningUpsampleFactor: o.conditioningUpsampleFactor ?? 1,
+    conditioningEmbeddingStride: o.conditioningEmbeddingStride ?? 2,
   };
   const meta = unet.conv_in.weight.isMeta;
   const cn = withBuild({ meta, dtype: unet.dtype }, () => new ControlNetModel(config));
@@ -251,9 +263,10 @@ export class LaddBranch {
   }
 
   /** A branch initialised from the UNet (from_unet), taking `codeDim`-channel token features upsampled by `upsampleFactor`. */
-  static fromUnet(unet: UNet2DConditionModel, o: { codeDim: number; upsampleFactor: number; conditioningEmbeddingOutChannels?: number[] }): LaddBranch {
+  static fromUnet(unet: UNet2DConditionModel, o: { codeDim: number; upsampleFactor: number; conditioningEmbeddingOutChannels?: number[]; conditioningEmbeddingStride?: 1 | 2 }): LaddBranch {
     return new LaddBranch(unet, controlNetFromUnet(unet, {
       conditioningChannels: o.codeDim, conditioningUpsampleFactor: o.upsampleFactor, conditioningEmbeddingOutChannels: o.conditioningEmbeddingOutChannels,
+      conditioningEmbeddingStride: o.conditioningEmbeddingStride,
     }));
   }
 

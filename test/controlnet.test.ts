@@ -10,10 +10,10 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { errorReport } from './ref/suite.ts';
 import { maxRelError } from './ref/cpu.ts';
-import { type Tensor, buildMeta, getDevice, mul, noGrad, sum, tensor, tidy } from '../runtime/index.ts';
+import { type Tensor, buildMeta, getDevice, mul, noGrad, renameWeights, safetensorsWeights, sum, tensor, tidy } from '../runtime/index.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
 import {
-  ControlNetModel, LaddBranch, controlNetConfigJson, controlNetFromUnet, controlnetKind, loadControlNet, parseControlNetConfig, upsampleNearest,
+  ControlNetConditioningEmbedding, ControlNetModel, LaddBranch, controlNetConfigJson, controlNetFromUnet, controlnetKind, loadControlNet, parseControlNetConfig, upsampleNearest,
 } from '../models/controlnet.ts';
 import { type UNet2DConditionModel, loadUNet, unetKind } from '../models/unet.ts';
 import { modelDir, saveModelDir } from '../tools/modeldir.ts';
@@ -219,5 +219,32 @@ describe('LADD branch vs diffusers', () => {
     disposeInputs(x);
     fresh.dispose();
     branch.dispose();
+  });
+});
+
+describe("Layton's released conditioning embedding (conditioning_embedding_stride 1)", () => {
+  it('embeds token features upsampled to the latent grid at that grid (vs a plain-torch reference)', async () => {
+    const f = await openSafetensors(fixture('ladd_cond_embedding.safetensors'));
+    try {
+      const emb = new ControlNetConditioningEmbedding(32, 8, [8, 12, 16], 1);
+      await emb.loadWeights(renameWeights(safetensorsWeights([f]), (k) => (k === 'tokens' || k === 'out' ? null : k)));
+      expect(emb.downscale).toBe(1);
+      const tokens = tensor(await f.readF32('tokens'), f.info('tokens').shape);
+      const out = tidy(() => noGrad(() => emb.forward(upsampleNearest(tokens, 4))));
+      expect(out.shape).toEqual([2, 32, 16, 16]);
+      expect(noteWorst('stride-1 conditioning embedding', maxRelError(await out.data(), await f.readF32('out')))).toBeLessThan(1e-5);
+      [tokens, out].forEach((t) => t.dispose());
+      emb.dispose();
+    } finally {
+      await f.source.close?.();
+    }
+  });
+
+  it('reads and writes the field, and refuses other strides', () => {
+    expect(parseControlNetConfig({}).conditioningEmbeddingStride).toBe(2);
+    const c = parseControlNetConfig({ conditioning_embedding_stride: 1, conditioning_upsample_factor: 8 });
+    expect(c.conditioningEmbeddingStride).toBe(1);
+    expect(controlNetConfigJson(c).conditioning_embedding_stride).toBe(1);
+    expect(() => parseControlNetConfig({ conditioning_embedding_stride: 3 }, 'cn/config.json')).toThrow(/cn\/config.json: "conditioning_embedding_stride" must be 1 or 2/);
   });
 });
