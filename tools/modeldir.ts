@@ -3,6 +3,11 @@
 import { mkdir, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ModelFiles } from '../models/checkpoint.ts';
+import { controlNetConfigJson } from '../models/controlnet.ts';
+import { type Layton, laytonConfigJson } from '../models/layton.ts';
+import { unetConfigJson } from '../models/unet.ts';
+import { vaeConfigJson } from '../models/vae.ts';
+import { vqConfigJson } from '../models/vq.ts';
 import { type Module, serializeSafetensors } from '../runtime/index.ts';
 import { fileSource, writeFileAtomic } from '../runtime/platform/node-fs.ts';
 
@@ -35,4 +40,19 @@ export async function saveModelDir(dir: string, config: object, module: Module, 
   const entries = await module.toSafetensors();
   await writeFileAtomic(join(dir, weightsName), serializeSafetensors(entries, metadata));
   await writeFileAtomic(join(dir, 'config.json'), [new TextEncoder().encode(JSON.stringify(config, null, 2) + '\n')]);
+}
+
+/** A Layton folder on disk: sub("unet") is <dir>/unet. */
+export const laytonDir = (dir: string) => (sub: string): Promise<ModelFiles> => modelDir(sub ? join(dir, sub) : dir);
+
+/** Writes a Layton folder (each part in diffusers' layout, then layton.json last: a folder without it is incomplete). */
+export async function saveLaytonDir(dir: string, m: Layton): Promise<void> {
+  await saveModelDir(join(dir, 'vq'), vqConfigJson(m.vq.config), m.vq, 'model.safetensors');
+  await saveModelDir(join(dir, 'unet'), unetConfigJson(m.unet.config), m.unet);
+  await saveModelDir(join(dir, 'controlnet'), controlNetConfigJson(m.controlnet.config), m.controlnet);
+  await saveModelDir(join(dir, 'vae'), vaeConfigJson(m.vae.config), m.vae);
+  await mkdir(join(dir, 'scheduler'), { recursive: true });
+  const json = (o: object) => [new TextEncoder().encode(JSON.stringify(o, null, 2) + '\n')];
+  await writeFileAtomic(join(dir, 'scheduler', 'scheduler_config.json'), json(m.scheduler.toJson()));
+  await writeFileAtomic(join(dir, 'layton.json'), json(laytonConfigJson(m.config)));
 }
