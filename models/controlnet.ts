@@ -292,7 +292,7 @@ export class LaddBranch {
 export const controlnetKind: ModelKind<ControlNetConfig, ControlNetModel> = {
   kind: 'controlnet',
   classNames: ['ControlNetModel'],
-  parseConfig: (json) => parseControlNetConfig(json),
+  parseConfig: (json, where) => parseControlNetConfig(json, where),
   toJson: controlNetConfigJson,
   build: (c) => new ControlNetModel(c),
   inputs: {

@@ -434,7 +434,7 @@ export function captionMask(embMask: Tensor, S: number): Tensor {
 export const gptKind: ModelKind<GptConfig, Transformer> = {
   kind: 'gpt',
   classNames: ['Transformer'],
-  parseConfig: (json) => parseGptConfig(json),
+  parseConfig: (json, where) => parseGptConfig(json, where),
   toJson: gptConfigJson,
   build: (c) => new Transformer(c),
   ptPrefix: 'model.',

@@ -8,8 +8,8 @@ export interface ModelKind<C = any, M extends Module = Module> {
   kind: string;
   /** diffusers / transformers `_class_name` or `architectures` values that imply this kind */
   classNames: string[];
-  /** validates a config.json object (unknown fields ignored; bad values are errors naming the field) */
-  parseConfig(json: Record<string, unknown>): C;
+  /** validates a config.json object (unknown fields ignored; bad values are errors naming `where` and the field) */
+  parseConfig(json: Record<string, unknown>, where?: string): C;
   /** the config as config.json should store it */
   toJson(config: C): Record<string, unknown>;
   /** the weights dtype when the caller names none (default f32; the SDXL VAE: f16 unless force_upcast) */
@@ -61,7 +61,7 @@ export interface LoadOptions {
  * as the kind says); on any error nothing is left allocated.
  */
 export async function loadModel<C, M extends Module>(files: ModelFiles, kind: ModelKind<C, M>, o: LoadOptions = {}): Promise<{ model: M; config: C }> {
-  const config = kind.parseConfig(await readConfig(files));
+  const config = kind.parseConfig(await readConfig(files), `${files.name}/config.json`);
   const { weights, close } = await openWeights(files, { variant: o.variant, ptPrefix: kind.ptPrefix });
   try {
     const model = withBuild({ dtype: o.dtype ?? kind.dtype?.(config) ?? 'f32', init: false }, () => kind.build(config));

@@ -397,7 +397,7 @@ export async function encodeCaptions(
 export const t5Kind: ModelKind<T5Config, T5EncoderModel> = {
   kind: 't5',
   classNames: ['T5EncoderModel', 'T5ForConditionalGeneration'],
-  parseConfig: (json) => parseT5Config(json),
+  parseConfig: (json, where) => parseT5Config(json, where),
   toJson: t5ConfigJson,
   build: (c) => new T5EncoderModel(c),
   // a full T5's decoder and LM head are not part of the encoder

@@ -573,7 +573,7 @@ export const UNET_INPUTS: Record<string, string> = {
 export const unetKind: ModelKind<UNetConfig, UNet2DConditionModel> = {
   kind: 'unet',
   classNames: ['UNet2DConditionModel'],
-  parseConfig: (json) => parseUNetConfig(json),
+  parseConfig: (json, where) => parseUNetConfig(json, where),
   toJson: unetConfigJson,
   build: (c) => new UNet2DConditionModel(c),
   inputs: {

@@ -384,7 +384,7 @@ export const vaeDType = (c: VaeConfig): DType => (!c.forceUpcast && device().has
 export const vaeKind: ModelKind<VaeConfig, AutoencoderKL> = {
   kind: 'vae',
   classNames: ['AutoencoderKL'],
-  parseConfig: (json) => parseVaeConfig(json),
+  parseConfig: (json, where) => parseVaeConfig(json, where),
   toJson: vaeConfigJson,
   build: (c) => new AutoencoderKL(c),
   dtype: vaeDType,

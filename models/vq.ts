@@ -409,7 +409,7 @@ const renameKey = (key: string): string | null => (key === 'quantize.codebook_us
 export const vqKind: ModelKind<VQConfig, VQModel> = {
   kind: 'vq',
   classNames: ['VQModel'],
-  parseConfig: (json) => parseVQConfig(json),
+  parseConfig: (json, where) => parseVQConfig(json, where),
   toJson: vqConfigJson,
   build: (c) => new VQModel(c),
   renameKey,

@@ -46,7 +46,7 @@ export interface InspectResult {
 export async function inspect(path: string, kind?: string): Promise<InspectResult> {
   const json = await loadConfigJson(path);
   const k = resolveKind(kind, json, path);
-  const config = k.parseConfig(json);
+  const config = k.parseConfig(json, path);
   const m = buildMeta(() => k.build(config));
   const r = { kind: k.kind, parameters: m.parameterCount(), keys: m.stateShapes() };
   m.dispose();
