@@ -1,0 +1,112 @@
+// The embedded default: Layton and LaytonGen scaled down to the procedural world so the whole
+// recipe trains on a 2-core software adapter. Same model classes and config fields as the
+// published models (diffusers / LlamaGen / transformers names); only the sizes differ.
+//   image 32x32 -> VAE (f = 2) -> latent 4x16x16 (256 positions)
+//   tokenizer copy 16x16 -> VQ (f = 2) -> 8x8 = 64 tokens, codebook 1024 x 8 (l2)
+//   control branch: C [8, 8, 8] upsampled x2 (nearest) onto the latent grid, stride-1 embedding
+// 32 px is the smallest size at which the GenEval checker reads ground-truth images reliably.
+
+export const IMAGE_SIZE = 32;
+export const TOKENIZER_SIZE = 16;
+
+export const VAE_CONFIG = {
+  _class_name: 'AutoencoderKL',
+  in_channels: 3,
+  out_channels: 3,
+  down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'],
+  up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'],
+  block_out_channels: [32, 64],
+  layers_per_block: 1,
+  act_fn: 'silu',
+  latent_channels: 4,
+  norm_num_groups: 8,
+  sample_size: IMAGE_SIZE,
+  scaling_factor: 1.0, // set from the trained VAE's latent std (as SD did) before the LDM trains
+  force_upcast: false,
+};
+
+export const UNET_CONFIG = {
+  _class_name: 'UNet2DConditionModel',
+  sample_size: IMAGE_SIZE / 2,
+  in_channels: 4,
+  out_channels: 4,
+  down_block_types: ['DownBlock2D', 'DownBlock2D'],
+  mid_block_type: 'UNetMidBlock2DCrossAttn',
+  up_block_types: ['UpBlock2D', 'UpBlock2D'],
+  block_out_channels: [64, 128],
+  layers_per_block: 1,
+  attention_head_dim: 4,
+  cross_attention_dim: 32, // the empty prompt: one zero token (Layton's decoder is not text-conditioned)
+  norm_num_groups: 16,
+  flip_sin_to_cos: true,
+  freq_shift: 0,
+};
+
+/** ControlNetModel.from_unet options for the LADD branch. */
+export const CONTROLNET_OPTIONS = {
+  codeDim: 8,
+  upsampleFactor: (IMAGE_SIZE / 2) / (TOKENIZER_SIZE / 2),
+  conditioningEmbeddingOutChannels: [32, 64],
+  conditioningEmbeddingStride: 1 as const,
+};
+
+export const VQ_CONFIG = {
+  _class_name: 'VQModel',
+  codebook_size: 1024,
+  codebook_embed_dim: 8,
+  codebook_l2_norm: true,
+  commit_loss_beta: 0.25,
+  entropy_loss_ratio: 0.0,
+  encoder_ch_mult: [1, 2],
+  decoder_ch_mult: [1, 2],
+  z_channels: 64,
+  ch: 64,
+  num_res_blocks: 1,
+};
+
+export const SCHEDULER_CONFIG = {
+  _class_name: 'DDPMScheduler',
+  num_train_timesteps: 1000,
+  beta_start: 0.00085,
+  beta_end: 0.012,
+  beta_schedule: 'scaled_linear',
+  prediction_type: 'epsilon',
+  timestep_spacing: 'trailing',
+  steps_offset: 1,
+  clip_sample: false,
+};
+
+export const LAYTON_CONFIG = {
+  _class_name: 'Layton',
+  image_size: IMAGE_SIZE,
+  tokenizer_size: TOKENIZER_SIZE,
+  conditioning_scale: 1.0,
+  decode_timesteps: { 1: [999], 2: [999, 499] },
+};
+
+/** The small text encoder (flan-t5's architecture) and LaytonGen GPT. */
+export const T5_CONFIG = {
+  architectures: ['T5EncoderModel'],
+  d_model: 128,
+  d_kv: 32,
+  d_ff: 256,
+  num_layers: 2,
+  num_heads: 4,
+  relative_attention_num_buckets: 32,
+  relative_attention_max_distance: 128,
+  layer_norm_epsilon: 1e-6,
+  feed_forward_proj: 'gated-gelu',
+  // vocab_size: from the world's tokenizer.json
+};
+
+export const GPT_CONFIG = {
+  model_type: 't2i',
+  dim: 256,
+  n_layer: 4,
+  n_head: 4,
+  vocab_size: VQ_CONFIG.codebook_size,
+  block_size: (TOKENIZER_SIZE / 2) ** 2,
+  cls_token_num: 16,
+  caption_dim: T5_CONFIG.d_model,
+  class_dropout_prob: 0.1,
+};
