@@ -1,6 +1,7 @@
 // The procedural captioned world: determinism, the caption grammar (parse = generate, errors),
 // the train / held-out split (disjoint captions and canonical keys, sizes, ~10% per category),
-// scene validity (objects as the caption says, inside the image, apart, relations held, sizes)
+// scene validity at 64 and 32 px (objects as the caption says, inside the image, apart,
+// relations held, sizes; pixel floors below 64 px)
 // and the renderer (interior pixels exactly the palette colour, anti-aliased coverage equal to
 // the analytic shape areas, 64 px render = box-downsampled 256 px render).
 import { describe, expect, it } from 'vitest';
@@ -91,8 +92,10 @@ describe('scenes', () => {
     expect(world.sampleCaption('two red circles left of a blue square', 5).image.data).toEqual(c.image.data);
   });
 
-  it('draws the objects the caption names, apart, inside, large enough, in relation', () => {
-    const size = 64;
+  it.each([64, 32])('draws the objects the caption names, apart, inside, large enough, in relation (%i px)', (size) => {
+    // Below 64 px sides and gaps have a floor in pixels (8 and 2).
+    const minSide = Math.max(0.19 * size, 8);
+    const minGap = Math.max(0.06 * size, 2);
     const seenCategories = new Set<string>();
     for (let i = 0; i < 400; i++) {
       const s = world.sample(i % 2 ? 'train' : 'heldout', i, size);
@@ -107,7 +110,7 @@ describe('scenes', () => {
         const [x0, y0, x1, y1] = o.bbox;
         expect(Math.min(x0, y0)).toBeGreaterThanOrEqual(0.03 * size - 1e-9);
         expect(Math.max(x1, y1)).toBeLessThanOrEqual(0.97 * size + 1e-9);
-        expect(x1 - x0).toBeGreaterThanOrEqual(0.19 * size - 1e-9);
+        expect(x1 - x0).toBeGreaterThanOrEqual(minSide - 1e-9);
         // The interior (the centroid) is exactly the object colour.
         const cy = o.shape === 'triangle' ? o.centre[1] + (y1 - y0) / 6 : o.centre[1];
         const p = pixel(s, o.centre[0], cy);
@@ -118,7 +121,7 @@ describe('scenes', () => {
           const [p, q] = [s.objects[a].bbox, s.objects[b].bbox];
           const gapX = Math.max(q[0] - p[2], p[0] - q[2]);
           const gapY = Math.max(q[1] - p[3], p[1] - q[3]);
-          expect(Math.max(gapX, gapY)).toBeGreaterThanOrEqual(0.06 * size - 1e-6);
+          expect(Math.max(gapX, gapY)).toBeGreaterThanOrEqual(minGap - 1e-6);
         }
       }
       const rel = s.spec.relation;
@@ -183,6 +186,7 @@ describe('scenes', () => {
     for (let i = 0; i < 50; i++) expect(geneval.sample('heldout', i).spec.category).not.toBe('composite');
     expect(() => new World({ weights: { counting: -1 } })).toThrow('world: weight of counting must be >= 0');
     expect(() => new World({ weights: { counting: 0 } })).toThrow('world: every category weight is 0');
-    expect(() => world.sample('train', 0, 4)).toThrow('world: image size 4 must be an integer >= 8');
+    expect(() => world.sample('train', 0, 16)).toThrow('world: scene size 16 must be an integer >= 32 (objects are >= 8 px)');
+    expect(() => render({ background: 'black', objects: [] }, 4)).toThrow('world: image size 4 must be an integer >= 8');
   });
 });

@@ -15,7 +15,8 @@
 //   composite     every other two-group caption (counts > 1, or colour given on one side)
 // Unstated colours and backgrounds are drawn at random; a scene holds exactly the objects its
 // caption names. Objects never touch (bounding boxes at least GAP apart) and relations hold
-// with a stricter margin than the checker's (tools/geneval.ts), so every scene is checkable.
+// with a stricter margin than the checker's (tools/geneval.ts), so every scene is checkable;
+// below 64 px, sides and gaps have a minimum in pixels (MIN_SIDE_PX, MIN_GAP_PX).
 //
 // Splits: captions that say the same thing ("A right of B" / "B left of A", "A and B" /
 // "B and A") share a canonical key; within each category the keys are ranked by a hash and the
@@ -312,6 +313,13 @@ const SIDE_RANGE: Record<number, [number, number]> = { 1: [0.28, 0.45], 2: [0.22
 /** Border between objects and the image edge, and between object boxes. */
 const MARGIN = 0.03;
 const GAP = 0.06;
+/** Below 64 px the fractions above make objects too small to tell apart once blurred (a 6 px
+ *  diamond and circle differ in a few rim pixels): sides and gaps are then at least this many
+ *  pixels of the rendering size. From 64 px up, scenes do not depend on the size. */
+export const MIN_SIDE_PX = 8;
+export const MIN_GAP_PX = 2;
+/** The smallest size four such objects fit at (with a relation: three of them on one side). */
+export const MIN_SCENE_SIZE = 32;
 /** Relations are generated with GenEval's test at this threshold (it checks at 0.1). */
 const SCENE_POSITION_THRESHOLD = 0.25;
 
@@ -335,18 +343,22 @@ export function relationsBetween(a: Box, b: Box, threshold = 0.1): Set<Relation>
   return out;
 }
 
-function separated(a: SceneObject, b: SceneObject): boolean {
-  const d = (a.side + b.side) / 2 + GAP;
+function separated(a: SceneObject, b: SceneObject, gap: number): boolean {
+  const d = (a.side + b.side) / 2 + gap;
   return Math.abs(a.cx - b.cx) >= d || Math.abs(a.cy - b.cy) >= d;
 }
 
-/** A random layout that satisfies the caption (rejection sampling; deterministic in rng). With
+/** A random layout that satisfies the caption, for rendering at `size` px (rejection sampling;
+ *  deterministic in rng and, below 64 px, size). With
  *  a relation, a random line across its axis keeps the two groups on their sides, and the
  *  relation is then checked as GenEval does (at a stricter threshold). */
-export function makeScene(spec: CaptionSpec, rng: Rng): Scene {
+export function makeScene(spec: CaptionSpec, rng: Rng, size = 64): Scene {
+  if (!Number.isInteger(size) || size < MIN_SCENE_SIZE) throw new Error(`world: scene size ${size} must be an integer >= ${MIN_SCENE_SIZE} (objects are >= ${MIN_SIDE_PX} px)`);
   const background = spec.background ?? rng.pick(BACKGROUND_NAMES);
   const proto = spec.groups.flatMap((g, group) => Array.from({ length: g.count }, () => ({ shape: g.shape, colour: g.colour ?? rng.pick(COLOUR_NAMES), group })));
-  const [lo, hi] = SIDE_RANGE[proto.length];
+  const lo = Math.max(SIDE_RANGE[proto.length][0], MIN_SIDE_PX / size);
+  const hi = Math.max(SIDE_RANGE[proto.length][1], lo);
+  const gap = Math.max(GAP, MIN_GAP_PX / size);
   const rel = spec.relation;
   const horizontal = rel === 'left of' || rel === 'right of';
   const firstLow = rel === 'left of' || rel === 'above';
@@ -359,14 +371,14 @@ export function makeScene(spec: CaptionSpec, rng: Rng): Scene {
         const range = [MARGIN + side / 2, 1 - MARGIN - side / 2];
         const along = [...range];
         if (rel) {
-          if ((p.group === 0) === firstLow) along[1] = Math.min(along[1], line - (side + GAP) / 2);
-          else along[0] = Math.max(along[0], line + (side + GAP) / 2);
+          if ((p.group === 0) === firstLow) along[1] = Math.min(along[1], line - (side + gap) / 2);
+          else along[0] = Math.max(along[0], line + (side + gap) / 2);
         }
         if (along[0] > along[1]) continue;
         const a = rng.uniform(along[0], along[1]);
         const b = rng.uniform(range[0], range[1]);
         const o = { ...p, side, cx: horizontal ? a : b, cy: horizontal ? b : a };
-        if (objects.every((q) => separated(o, q))) {
+        if (objects.every((q) => separated(o, q, gap))) {
           objects.push(o);
           break;
         }
@@ -478,7 +490,7 @@ export class World {
   }
 
   private draw(spec: CaptionSpec, rng: Rng, size: number): Sample {
-    const scene = makeScene(spec, rng);
+    const scene = makeScene(spec, rng, size);
     const { image, objects } = render(scene, size);
     return { image, caption: spec.caption, spec, background: scene.background, objects };
   }
