@@ -2,13 +2,16 @@
 // 2x upsampling against PyTorch (test/fixtures/gen_conv.py), the naive reference kernel of
 // bench/reference/conv2d.ts, and a float64 CPU convolution with finite differences. Shapes
 // are odd and small; the cases span several 64-wide tiles in every GEMM dimension, stride 2
-// with asymmetric padding, and a weight gradient split over pixel ranges.
+// with asymmetric padding, and a weight gradient split over pixel ranges. A float64 CPU conv
+// (forward and analytic gradients) checks every tile runtime/ops/conv.ts picks (small O, small
+// C, small C·KH·KW) and the 1x1 matmul path.
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Tensor, cast, conv2d, getDevice, noGrad, tensor, upsampleNearest2x } from '../runtime/index.ts';
 import { assertGradcheck, randomArray } from '../runtime/gradcheck.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
 import { naiveConv2d } from '../bench/reference/conv2d.ts';
+import { convTileFor } from '../runtime/ops/conv.ts';
 
 type Pad4 = [number, number, number, number];
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
@@ -37,6 +40,10 @@ async function expectClose(got: Tensor, want: ArrayLike<number>, shape: readonly
 }
 
 const silu_ = (v: number) => v / (1 + Math.exp(-v));
+const siluGrad_ = (v: number) => {
+  const sg = 1 / (1 + Math.exp(-v));
+  return sg * (1 + v * (1 - sg));
+};
 
 /** Float64 CPU conv2d (+ bias + residual, then SiLU): x [N,C,H,W], w [O,C,KH,KW]. */
 function cpuConv(
@@ -63,6 +70,35 @@ function cpuConv(
           y[idx] = act ? silu_(acc) : acc;
         }
   return { y, shape: [n, o, oh, ow] };
+}
+
+/** Float64 gradients of a conv from dPre (the gradient at the pre-activation output): dx, dw. */
+function cpuConvGrads(
+  x: ArrayLike<number>, [n, c, h, wd]: number[], w: ArrayLike<number>, [o, , kh, kw]: number[],
+  dPre: ArrayLike<number>, stride: number, [pt, pb, pl, pr]: Pad4,
+): { gx: Float64Array; gw: Float64Array } {
+  const oh = Math.floor((h + pt + pb - kh) / stride) + 1;
+  const ow = Math.floor((wd + pl + pr - kw) / stride) + 1;
+  const gx = new Float64Array(n * c * h * wd);
+  const gw = new Float64Array(o * c * kh * kw);
+  for (let ni = 0; ni < n; ni++)
+    for (let oi = 0; oi < o; oi++)
+      for (let yi = 0; yi < oh; yi++)
+        for (let xi = 0; xi < ow; xi++) {
+          const g = dPre[((ni * o + oi) * oh + yi) * ow + xi];
+          for (let ci = 0; ci < c; ci++)
+            for (let r = 0; r < kh; r++)
+              for (let s = 0; s < kw; s++) {
+                const ih = yi * stride + r - pt;
+                const iw = xi * stride + s - pl;
+                if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
+                const xi_ = ((ni * c + ci) * h + ih) * wd + iw;
+                const wi = ((oi * c + ci) * kh + r) * kw + s;
+                gx[xi_] += g * w[wi];
+                gw[wi] += g * x[xi_];
+              }
+        }
+  return { gx, gw };
 }
 
 let seed = 1;
@@ -146,6 +182,70 @@ describe('conv2d vs the naive reference kernel', () => {
   });
 });
 
+describe('conv2d tile paths vs a float64 CPU conv, forward and gradients', () => {
+  // [N, C, H, W, O, K, stride, padding, residual + SiLU]. The kernel picks its tile per GEMM
+  // (forward: M = O, N = pixels; grad_input: M = C, N = input pixels of a stride phase;
+  // grad_weight: M = O, N = C·K·K); these cases reach every tile convTileFor returns, with
+  // several column tiles, stride 2, asymmetric padding and split weight gradients.
+  type Case = [number, number, number, number, number, number, number, Pad4, boolean];
+  const cases: Case[] = [
+    [2, 5, 23, 21, 3, 3, 1, [1, 1, 1, 1], true], // O = 3: 4-row tile over 4 column tiles; dW in 3 splits
+    [2, 3, 16, 15, 70, 3, 2, [0, 1, 0, 1], false], // RGB stem, stride 2: grad_input with C = 3, dW 70 x 27
+    [1, 6, 11, 14, 40, 3, 1, [2, 0, 1, 1], false], // asymmetric padding; dW 40 x 54
+    [2, 20, 9, 10, 8, 3, 2, [1, 1, 1, 1], true], // O = 8, C = 20
+    [3, 32, 8, 8, 16, 3, 1, [1, 1, 1, 1], false], // O = 16, C = 32 (32-row tile in grad_input)
+    [2, 4, 12, 12, 32, 3, 1, [0, 0, 0, 0], false], // O = 32, C = 4
+    [2, 6, 7, 9, 5, 1, 1, [0, 0, 0, 0], true], // 1x1: the matmul path, with bias, residual and SiLU
+  ];
+  const tileName = (m: number, n: number) => {
+    const t = convTileFor(m, n);
+    return `${t.wy * t.rm}x${t.wx * t.rn}`;
+  };
+
+  it('reach every tile', () => {
+    const seen = new Set<string>();
+    for (const [n, c, h, wd, o, k, stride, pad] of cases) {
+      if (k === 1) continue;
+      const oh = Math.floor((h + pad[0] + pad[1] - k) / stride) + 1;
+      const ow = Math.floor((wd + pad[2] + pad[3] - k) / stride) + 1;
+      seen.add(tileName(o, n * oh * ow));
+      seen.add(tileName(c, n * Math.ceil(h / stride) * Math.ceil(wd / stride)));
+      seen.add(tileName(o, c * k * k));
+    }
+    const all = [1, 5, 9, 17, 33].map((m) => tileName(m, 1000)).concat(tileName(40, 27), tileName(40, 54));
+    expect(new Set(all).size).toBe(7);
+    expect([...seen].sort()).toEqual([...new Set(all)].sort());
+  });
+
+  it.each(cases)('N=%i C=%i H=%i W=%i O=%i %ix%i stride %i padding %j residual+silu %s', async (n, c, h, wd, o, k, stride, pad, epi) => {
+    const oh = Math.floor((h + pad[0] + pad[1] - k) / stride) + 1;
+    const ow = Math.floor((wd + pad[2] + pad[3] - k) / stride) + 1;
+    const shapes = { x: [n, c, h, wd], w: [o, c, k, k], b: [o], y: [n, o, oh, ow] };
+    const [xd, wd_, bd, rd, gd] = [rnd(shapes.x), rnd(shapes.w, 0.3), rnd(shapes.b), rnd(shapes.y), rnd(shapes.y)];
+    const pre = cpuConv(xd, shapes.x, wd_, shapes.w, bd, epi ? rd : null, stride, pad, false).y;
+    const yWant = epi ? pre.map(silu_) : pre;
+    const dPre = epi ? Float64Array.from(gd, (g, i) => g * siluGrad_(pre[i])) : gd;
+    const { gx, gw } = cpuConvGrads(xd, shapes.x, wd_, shapes.w, dPre, stride, pad);
+    const gb = new Float64Array(o);
+    dPre.forEach((g, i) => (gb[Math.floor(i / (oh * ow)) % o] += g));
+    const x = tensor(xd, shapes.x).requireGrad();
+    const w = tensor(wd_, shapes.w).requireGrad();
+    const b = tensor(bd, shapes.b).requireGrad();
+    const res = epi ? tensor(rd, shapes.y).requireGrad() : undefined;
+    const opts = { stride, padding: pad, residual: res, act: epi ? ('silu' as const) : ('none' as const) };
+    const fused = noGrad(() => conv2d(x, w, b, opts));
+    await expectClose(fused, yWant, shapes.y, 1e-5, 'cpu y (tile paths, noGrad)');
+    const y = conv2d(x, w, b, opts);
+    await expectClose(y, yWant, shapes.y, 1e-5, 'cpu y (tile paths)');
+    y.backward(tensor(gd, shapes.y));
+    await expectClose(x.grad!, gx, shapes.x, 1e-5, 'cpu grad x (tile paths)');
+    await expectClose(w.grad!, gw, shapes.w, 1e-5, 'cpu grad w (tile paths)');
+    await expectClose(b.grad!, gb, shapes.b, 1e-5, 'cpu grad b (tile paths)');
+    if (res) await expectClose(res.grad!, dPre, shapes.y, 1e-5, 'cpu grad residual (tile paths)');
+    for (const t of [fused, y, x, w, b, res]) t?.dispose();
+  });
+});
+
 describe('conv2d gradients vs finite differences of a float64 CPU conv', () => {
   it('3x3, stride 2, padding (0, 1, 0, 1), bias', async () => {
     const xs = [1, 2, 5, 6], ws = [3, 2, 3, 3];
@@ -180,6 +280,8 @@ describe('conv2d with f16 storage', () => {
   const cases: [number, number, number, number, number, number, number, Pad4, boolean][] = [
     [2, 6, 17, 16, 9, 3, 1, [1, 1, 1, 1], true], // 544 pixels: dW in 2 splits
     [2, 7, 13, 9, 5, 3, 2, [0, 1, 0, 1], false],
+    [2, 8, 12, 12, 3, 3, 1, [1, 1, 1, 1], false], // 4-row tile
+    [2, 6, 8, 12, 4, 1, 1, [0, 0, 0, 0], true], // 1x1: the matmul path
   ];
   it.each(cases)('N=%i C=%i H=%i W=%i O=%i kernel %i stride %i padding %j residual+silu %s', async (n, c, h, wd, o, k, stride, pad, epi) => {
     const oh = Math.floor((h + pad[0] + pad[1] - k) / stride) + 1;
