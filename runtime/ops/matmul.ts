@@ -134,12 +134,16 @@ export function matmul(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tensor {
   if (!grad) return y;
   const ta = !!o.transA;
   const tb = !!o.transB;
-  return record('matmul', y, [a, b, o.bias ?? null], [a, b], (g, [as, bs]) => {
+  // A frozen weight (or a constant input) gets no gradient product, and the operand only its
+  // product would read is not kept alive for backward (activations through a frozen network).
+  const [wantA, wantB] = [needsGrad(a), needsGrad(b)];
+  return record('matmul', y, [a, b, o.bias ?? null], [...(wantB ? [a] : []), ...(wantA ? [b] : [])], (g, s) => {
     // dA = g opB(B)ᵀ, dB = opA(A)ᵀ g, written with the kernel's transposes (no copies).
-    const da = ta ? mm(bs, g, tb, true) : mm(g, bs, false, !tb);
-    const db = tb ? mm(g, as, true, ta) : mm(as, g, !ta, false);
+    const [as, bs] = [wantB ? s[0] : null, wantA ? s[s.length - 1] : null];
+    const da = !bs ? null : ta ? mm(bs, g, tb, true) : mm(g, bs, false, !tb);
+    const db = !as ? null : tb ? mm(g, as, true, ta) : mm(as, g, !ta, false);
     const gb = o.bias ? sum(g, g.shape.slice(0, -1).map((_, i) => i)) : null;
-    return [sumTo(da, as.shape, true), sumTo(db, bs.shape, true), gb];
+    return [da && sumTo(da, a.shape, true), db && sumTo(db, b.shape, true), gb];
   });
 }
 
