@@ -2,7 +2,10 @@
 // path on the existing ops (matmul Q Kᵀ -> softmax -> matmul V, which stores the L x S
 // scores): SDXL self-attention (4096 tokens, 10 heads of 64), SDXL cross-attention to 77
 // text tokens, and GPT-XL decoding (2 sequences for classifier-free guidance, 20 heads of
-// 64, one new token against a KV cache of 256 + 120 positions).
+// 64, one new token against a KV cache of 256 + 120 positions). The reference is the unfused
+// path on this library's matmul and softmax kernels, with the 1/sqrt(d) scale as a pass over
+// q (under 1% of the time). On a CPU adapter compare the cpu ms of the two
+// (--json: cpuMs, referenceCpuMs): wall times of the quick-timed reference swing with load.
 // Run: npm run bench -- --filter attention
 import { defineBench } from './harness.ts';
 import { type Tensor, attention, attentionDecode, matmul, mulScalar, randn, softmax, tidy } from '../runtime/index.ts';

@@ -1,24 +1,37 @@
 // conv2d at SDXL UNet sizes: the 3x3 conv of the 320-channel stage (forward, and forward +
-// backward), the 1x1 shortcut conv and the stride-2 Downsample2D conv. The reference is the
-// naive kernel of bench/reference/conv2d.ts (one thread per output, direct loops); the
-// harness runs it only where it takes seconds, not minutes (32x32 here).
+// backward), the 1x1 shortcut conv and the stride-2 Downsample2D conv; and the 3x3 conv of
+// LlamaGen's VQ-16 encoder at full resolution (128 channels at 256x256). The reference is the
+// naive kernel of bench/reference/conv2d.ts (one thread per output, direct loops), run where
+// it takes seconds, not minutes (32x32 here); the peer TensorFlow.js's WebGPU conv
+// (bench/peers/tfjs.ts) on the same adapter, channels-last, up to 64x64 (past that one tfjs
+// conv takes 10-30 s on lavapipe).
 // Run: npm run bench -- --filter conv2d
 import { defineBench } from './harness.ts';
 import { type Tensor, conv2d, randn, tidy } from '../runtime/index.ts';
 import { naiveConv2d } from './reference/conv2d.ts';
+import { tfjsConv2d } from './peers/tfjs.ts';
 
-const C = 320;
-for (const hw of [32, 64, 128]) {
-  const flops = 2 * C * C * 9 * hw * hw;
+// The naive kernel does about 1 GFLOPS here: 1.9 GFLOP (32x32) takes seconds a run.
+const NAIVE_MAX_FLOPS = 2 * 1024 ** 3;
+const PEER_MAX_FLOPS = 8e9;
+
+function conv3x3(c: number, hw: number, what = ''): void {
+  const flops = 2 * c * c * 9 * hw * hw;
   defineBench({
-    name: `conv2d 3x3 ${C}->${C} ${hw}x${hw} f32`,
+    name: `conv2d 3x3 ${c}->${c} ${hw}x${hw}${what} f32`,
     group: 'conv2d',
     flops,
-    setup: () => ({ x: randn([1, C, hw, hw]), w: randn([C, C, 3, 3], { std: 0.02 }), b: randn([C]) }),
+    setup: () => ({ x: randn([1, c, hw, hw]), w: randn([c, c, 3, 3], { std: 0.02 }), b: randn([c]) }),
     run: ({ x, w, b }) => conv2d(x, w, b, { padding: 1 }),
-    reference: ({ x, w, b }) => naiveConv2d(x, w, b, 1, [1, 1, 1, 1]),
+    reference: flops <= NAIVE_MAX_FLOPS ? ({ x, w, b }) => naiveConv2d(x, w, b, 1, [1, 1, 1, 1]) : undefined,
+    peer: flops <= PEER_MAX_FLOPS ? tfjsConv2d(1, c, hw, hw, c, 3) : undefined,
+    note: flops > NAIVE_MAX_FLOPS ? 'no naive run (tens of seconds per op)' : undefined,
   });
 }
+
+const C = 320;
+for (const hw of [32, 64, 128]) conv3x3(C, hw);
+conv3x3(128, 256, ' (LlamaGen VQ encoder)');
 
 {
   const hw = 64;
