@@ -6,8 +6,8 @@
 // after `cfgInterval` decode steps. The unconditional stream keeps the caption mask, as
 // LlamaGen's does. Tokens never leave the GPU until the caller reads them.
 import {
-  KVCache, Tensor, type Generator, attention, concat, copyStrided, device, embedding, keep, map, noGrad, reshape, sample, slice, stack,
-  stridesOf, tidy, transpose, zeros,
+  KVCache, Tensor, type Generator, attention, cast, concat, copyStrided, device, embedding, keep, map, noGrad, ones, reshape, sample, slice,
+  stack, stridesOf, tidy, transpose,
 } from '../runtime/index.ts';
 import { type KVStore, type Transformer, captionMask } from './gpt.ts';
 
@@ -37,83 +37,34 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
 }
 
-/** Extra key/query columns carrying the caption mask through the decode kernel (see MaskedCache). */
-const BIAS_COLS = 4;
-/** A hidden key's bias (in score units before the 1/√d scale): its softmax weight underflows to 0. */
-const HIDDEN = -1e9;
-
 /**
  * The KV cache of one generation: prefill attends with LlamaGen's caption mask and stores the
- * caption's keys and values, decode steps append one position and attend over all of them.
+ * caption's keys and values, decode steps append one position and attend over all of them,
+ * the padded caption positions hidden by the decode kernel's key padding.
  */
 class DecodeCache implements KVStore {
   readonly kv: KVCache;
-  constructor(model: Transformer, rows: number, maxLen: number, private readonly prefillMask?: Tensor, headDim = model.headDim) {
+  constructor(
+    model: Transformer,
+    rows: number,
+    maxLen: number,
+    private readonly prefillMask?: Tensor,
+    /** [rows, maxLen] f32: 0 for padded caption positions */
+    private readonly keyPadding?: Tensor,
+  ) {
     const c = model.config;
-    this.kv = new KVCache({ layers: c.nLayer, batch: rows, heads: c.nHead, headDim, maxLen, dtype: model.dtype === 'f16' ? 'f16' : 'f32' });
+    this.kv = new KVCache({ layers: c.nLayer, batch: rows, heads: c.nHead, headDim: model.headDim, maxLen, dtype: model.dtype === 'f16' ? 'f16' : 'f32' });
   }
 
   attend(layer: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
-    if (this.kv.lengthOf(layer) === 0) {
-      const o = attention(q, k, v, this.prefillMask ? { mask: this.prefillMask } : { causal: true });
-      this.store(layer, k, v);
-      return o;
-    }
+    const prefill = this.kv.lengthOf(layer) === 0;
     this.kv.append(k, v, layer);
-    return this.kv.attend(q, { layer });
-  }
-
-  protected store(layer: number, k: Tensor, v: Tensor): void {
-    this.kv.append(k, v, layer);
+    if (prefill) return attention(q, k, v, this.prefillMask ? { mask: this.prefillMask } : { causal: true });
+    return this.kv.attend(q, { layer, keyPadding: this.keyPadding });
   }
 
   dispose(): void {
     this.kv.dispose();
-  }
-}
-
-/**
- * A DecodeCache for captions with padding. The decode kernel takes no key mask, so every key
- * gets BIAS_COLS extra columns, [b, 0, 0, 0] with b = HIDDEN for padded caption tokens and 0
- * otherwise, and every query [1, 0, 0, 0]: q·k gains exactly b, the attention scale stays
- * 1/√head_dim, values get zero columns and the output drops them.
- */
-class MaskedCache extends DecodeCache {
-  private readonly bias: Tensor;
-  private readonly q: Tensor;
-  private readonly k: Tensor;
-  private readonly v: Tensor;
-  private readonly hd: number;
-
-  constructor(model: Transformer, rows: number, maxLen: number, prefillMask: Tensor, embMask: Tensor) {
-    super(model, rows, maxLen, prefillMask, model.headDim + BIAS_COLS);
-    const { nHead: H } = model.config;
-    const [hd, T, w] = [model.headDim, embMask.shape[1], model.headDim + BIAS_COLS];
-    const dtype = this.kv.dtype;
-    this.hd = hd;
-    this.bias = keep(tidy(() =>
-      map(`select(0.0, select(${HIDDEN.toExponential()}, 0.0, x0 != 0.0), (i % ${BIAS_COLS}u) == 0u)`, [reshape(embMask, [rows, 1, T, 1])], { shape: [rows, H, T, BIAS_COLS], dtype }),
-    ));
-    // Per-step staging rows whose extra columns are set once: queries [1, 0, 0, 0], new keys and values 0.
-    this.k = keep(zeros([rows, H, 1, w], dtype));
-    this.v = keep(zeros([rows, H, 1, w], dtype));
-    this.q = keep(map(`select(0.0, 1.0, (i % ${w}u) == ${hd}u)`, [this.k]));
-  }
-
-  override attend(layer: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
-    if (this.kv.lengthOf(layer) === 0) return super.attend(layer, q, k, v);
-    for (const [src, dst] of [[q, this.q], [k, this.k], [v, this.v]]) copyStrided(src, stridesOf(src.shape), dst, stridesOf(dst.shape), src.shape);
-    this.kv.append(this.k, this.v, layer);
-    return slice(this.kv.attend(this.q, { layer, scale: 1 / Math.sqrt(this.hd) }), 3, 0, this.hd);
-  }
-
-  protected override store(layer: number, k: Tensor, v: Tensor): void {
-    tidy(() => this.kv.append(concat([k, this.bias], 3), concat([v, map('0.0', [this.bias])], 3), layer));
-  }
-
-  override dispose(): void {
-    super.dispose();
-    for (const t of [this.bias, this.q, this.k, this.v]) t.dispose();
   }
 }
 
@@ -145,8 +96,10 @@ export class TokenDecoder {
         model.embedCaption(cfg ? concat([captionEmbs, map('x0', [model.uncondRows(T)], { shape: captionEmbs.shape })], 0) : captionEmbs),
       )));
       this.mask = embMask && (cfg ? this.hold(concat([embMask, embMask], 0)) : embMask);
-      if (kvCache)
-        this.cache = this.mask ? new MaskedCache(model, this.rows, T + n, this.hold(captionMask(this.mask, T)), this.mask) : new DecodeCache(model, this.rows, T + n);
+      if (kvCache && this.mask) {
+        const keys = this.hold(tidy(() => concat([cast(this.mask!, 'f32'), ones([this.rows, n])], 1)));
+        this.cache = new DecodeCache(model, this.rows, T + n, this.hold(captionMask(this.mask, T)), keys);
+      } else if (kvCache) this.cache = new DecodeCache(model, this.rows, T + n);
     } catch (e) {
       this.dispose();
       throw e;

@@ -88,6 +88,8 @@ export class KVCache {
   /**
    * Attention of new queries q [B, H, n, d] (n >= 1, usually just appended) to a layer's
    * positions [0, length): new query r sees positions <= length - n + r unless causal: false.
+   * keyPadding [B, P >= length] (e.g. [B, maxLen], made once per sequence) hides the positions
+   * where it is 0, such as a padded caption's.
    */
   attend(q: Tensor, opts: AttendOptions = {}): Tensor {
     const layer = this.checkLayer(opts.layer ?? 0);

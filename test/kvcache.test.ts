@@ -3,7 +3,7 @@
 // full causal attention, past one decode chunk (512 positions: split-K partials + combine), in
 // f32 and f16; buffers are allocated once, nothing is read back, overflow is an error.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Tensor, attention, device, getDevice, manualSeed, noGrad, randn, slice, tensorCount, tidy } from '../runtime/index.ts';
+import { type Tensor, attention, device, getDevice, manualSeed, noGrad, randn, slice, tensor, tensorCount, tidy } from '../runtime/index.ts';
 import { KVCache } from '../runtime/kvcache.ts';
 import { maxAbsError, maxRelError } from './ref/cpu.ts';
 
@@ -95,6 +95,38 @@ describe('KVCache', () => {
     expect(err).toBeLessThanOrEqual(1e-3);
     cache.dispose();
     for (const t of [q, k, v]) t.dispose();
+  });
+
+  it('key padding: decode steps equal full causal attention with keyPadding, past one decode chunk', async () => {
+    // A padded prefix per sequence (as a caption's), the rest visible; the padding tensor spans
+    // the capacity (int32, converted by the op) while the cache holds fewer positions.
+    const [B, H, T, d, cap] = [2, 3, 530, 16, 540]; // the shapes of the first test: no new shader variants
+    const { q, k, v } = await sequence(B, H, T, d);
+    const pads = [[3, 7], [0, 2, 5, 6]];
+    const padding = Int32Array.from({ length: B * cap }, (_, i) => (pads[Math.floor(i / cap)].includes(i % cap) ? 0 : 1));
+    const keyPadding = tensor(padding, [B, cap], 'i32');
+    const fullPad = slice(keyPadding, 1, 0, T);
+    const full = noGrad(() => attention(q, k, v, { causal: true, keyPadding: fullPad }));
+    const want = await full.data();
+    const unpadded = noGrad(() => attention(q, k, v, { causal: true }));
+    const cache = new KVCache({ batch: B, heads: H, headDim: d, maxLen: cap });
+    tidy(() => cache.append(slice(k, 2, 0, 10), slice(v, 2, 0, 10)));
+    let err = 0;
+    for (const [t0, t1] of [[10, 11], [11, 12], [12, 520], [520, 521], [521, 530]]) {
+      const o = tidy(() => {
+        cache.append(slice(k, 2, t0, t1), slice(v, 2, t0, t1));
+        return cache.attend(slice(q, 2, t0, t1), { keyPadding });
+      });
+      err = Math.max(err, maxAbsError(await o.data(), rows(want, B * H, T, d, t0, t1)));
+      o.dispose();
+    }
+    console.log(`decode with key padding vs full attention with keyPadding: max abs error ${err.toExponential(2)}`);
+    expect(err).toBeLessThanOrEqual(1e-5);
+    // the padding matters for the rows compared
+    expect(maxAbsError(rows(await unpadded.data(), B * H, T, d, 10, 20), rows(want, B * H, T, d, 10, 20))).toBeGreaterThan(1e-2);
+    expect(() => tidy(() => cache.attend(slice(q, 2, 0, 1), { keyPadding: slice(keyPadding, 1, 0, 100) }))).toThrow(/keyPadding \[2, 100\] must be \[2, P\] .* P >= length 530/);
+    for (const x of [q, k, v, keyPadding, fullPad, full, unpadded]) x.dispose();
+    cache.dispose();
   });
 
   it('attends to every held position with causal: false, resets in place, and refuses overflow', async () => {

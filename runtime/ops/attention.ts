@@ -112,7 +112,7 @@ function launchBase(c: Ctx, q: Tensor, k: Tensor, v: Tensor, extra: { offO?: num
   const params: Param[] = [
     c.L, c.S, c.H, c.kvRows, flags, c.d / 4,
     rq.off, rk.off, rv.off, rp.elemOffset, rm.elemOffset, extra.offO ?? 0, extra.offDO ?? 0,
-    c.S, ...maskStrides,
+    c.pad ? c.pad.shape[1] : c.S, ...maskStrides,
     i32(c.S - c.L), f32(c.scale), extra.nChunks ?? 1,
   ];
   return {
@@ -226,6 +226,12 @@ export interface DecodeOptions {
   scale?: number;
   /** New query r of n sees positions <= length - n + r (default true); false: all of [0, length). */
   causal?: boolean;
+  /**
+   * [B, P] with P >= length (e.g. the cache's capacity), any dtype: 0 hides position j of
+   * batch b from every query (a padded caption in the cache); columns past length are ignored.
+   * Pass f32 to spare a conversion per call.
+   */
+  keyPadding?: Tensor;
 }
 
 /**
@@ -242,12 +248,16 @@ export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, length: number,
   if (!Number.isInteger(length) || length < n || length > k.shape[2])
     throw new Error(`attentionDecode: length ${length} must be in [${n} (the new queries), ${k.shape[2]} (capacity)]`);
   checkHeadDim(d, 'attentionDecode', MAX_DECODE_HEAD_DIM);
+  const { keyPadding } = opts;
+  if (keyPadding && (keyPadding.rank !== 2 || keyPadding.shape[0] !== B || keyPadding.shape[1] < length))
+    throw new Error(`attentionDecode: keyPadding ${shapeStr(keyPadding)} must be [${B}, P] (batch, positions) with P >= length ${length}`);
   const rows = B * H * n;
   checkGrid('attentionDecode', rows);
   const nChunks = Math.ceil(length / CHUNK);
-  const c: Ctx = { B, H, L: n, S: length, d, kvRows: k.shape[2], causal: opts.causal ?? true, scale: opts.scale ?? 1 / Math.sqrt(d), rq: 1, group: 1 };
   const o = Tensor.empty(q.shape, q.dtype);
   if (o.size === 0) return o;
+  const pad = keyPadding && keyPadding.dtype !== 'f32' ? noGrad(() => cast(keyPadding, 'f32')) : keyPadding;
+  const c: Ctx = { B, H, L: n, S: length, d, kvRows: k.shape[2], causal: opts.causal ?? true, scale: opts.scale ?? 1 / Math.sqrt(d), pad, rq: 1, group: 1 };
   const base = launchBase(c, q, k, v, { nChunks });
   const part = Tensor.empty([rows * nChunks * (d + 2)], 'f32');
   const dev = device();
@@ -264,5 +274,6 @@ export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, length: number,
     });
   }
   part.dispose();
+  if (pad !== keyPadding) pad?.dispose();
   return o;
 }
