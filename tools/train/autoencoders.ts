@@ -1,0 +1,227 @@
+// The first two stages of `layton-run train layton`: the small AutoencoderKL (standing in for
+// SDXL's VAE) and the VQ tokenizer trained as a VQ autoencoder (as the paper starts from
+// LlamaGen's tokenizer), both on the procedural world.
+//   vae  32 px images -> posterior -> sampled latent -> decoder; L1 + SSIM term + KL (SD's 1e-6
+//        relative to the summed reconstruction loss); scaling_factor = 1 / std of the trained
+//        latents (as SD set 0.18215), saved to <root>/vae/.
+//   vq   the 16 px tokenizer copy -> encoder -> l2 codebook -> decoder that outputs the full 32 px
+//        image (one more level than the encoder), so the "plain VQ decoder" baseline is compared
+//        with Layton at the same size without resampling; LlamaGen's losses without the GAN
+//        and LPIPS (the project's L1 + SSIM substitute), saved to <root>/vq/.
+import {
+  Generator, type Tensor, add, addScalar, exp, keep, mulScalar, noGrad, square, sub, sum, tensor, tidy, withBuild,
+} from '../../runtime/index.ts';
+import { AutoencoderKL, parseVaeConfig, vaeConfigJson } from '../../models/vae.ts';
+import { CodebookUsage, VQModel, parseVQConfig, vqConfigJson } from '../../models/vq.ts';
+import { imagesToTensor } from '../image.ts';
+import { IMAGE_SIZE, TOKENIZER_SIZE, VAE_CONFIG, VQ_CONFIG } from './configs.ts';
+import { tokenizerCopy, worldBatch } from './data.ts';
+import { type StageSummary, generatorFor, runStage } from './loop.ts';
+import { DEFAULT_SEED, type StageOptions, heldoutReconstruction, optimStep, pixelLoss, savePart, stageAdamW, stageDir, trainWorld } from './stage.ts';
+
+/** Settings besides StageOptions (tests shrink them; the defaults are the shipped recipe's). */
+export interface AutoencoderTuning {
+  lr: number;
+  warmup: number;
+  checkpointEvery: number;
+  /** held-out images the summary's PSNR / SSIM average over */
+  evalImages: number;
+  /** training batches whose latents set the VAE's scaling_factor */
+  scaleBatches: number;
+  /** weight of (1 - SSIM) next to L1 in the reconstruction loss */
+  ssimWeight: number;
+}
+
+// ---- vae -----------------------------------------------------------------------------------
+
+/**
+ * About 10 minutes on the 2-core software adapter when it runs alone: a batch-8 step took ~4.8 s
+ * of process CPU time (measured at load ~20, so wall time there was 12-20 s), i.e. ~2.5 s on 2 cores.
+ */
+export const VAE_DEFAULTS = { steps: 240, batch: 8 };
+const VAE_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 8, ssimWeight: 0.2 };
+/** SD's KL weight, relative to the reconstruction loss summed over an image's values */
+export const VAE_KL_WEIGHT = 1e-6;
+/**
+ * The posterior's initial log-variance (quant_conv's logvar biases): std e^-3 instead of about
+ * 1, so the decoder sees the encoder's signal from the first step. With SD's tiny KL weight the
+ * variance only shrinks anyway; a schedule of a few hundred steps should not be spent on that
+ * (measured: with the default init the latent was still ~90% noise after 40 steps, PSNR 15.9 dB).
+ */
+const VAE_INIT_LOGVAR = -6;
+
+/** A VAE for the stage: VAE_CONFIG's architecture, f32, seeded init with the posterior's noise turned down. */
+async function initVae(seed: number): Promise<AutoencoderKL> {
+  const config = parseVaeConfig(VAE_CONFIG, 'tools/train/configs.ts VAE_CONFIG');
+  const vae = withBuild({ dtype: 'f32', generator: new Generator(seed) }, () => new AutoencoderKL(config));
+  const bias = vae.quant_conv.bias!;
+  const b = Float32Array.from((await bias.data()) as Float32Array);
+  b.fill(VAE_INIT_LOGVAR, config.latentChannels);
+  const t = tensor(b, bias.shape);
+  vae.loadStateDict({ 'quant_conv.bias': t }, false);
+  t.dispose();
+  return vae;
+}
+
+/** The VAE stage's loss on one batch: {loss, rec, kl (per image)}; the posterior sample draws from `gen`. */
+export function vaeLoss(vae: AutoencoderKL, images: Tensor, gen: Generator, ssimWeight: number): { loss: Tensor; extra: { rec: Tensor; kl: Tensor } } {
+  return tidy(() => {
+    const posterior = vae.encode(images);
+    const rec = pixelLoss(vae.decode(posterior.sample(gen)), images, ssimWeight);
+    // KL(N(mean, var) || N(0, 1)) summed over an image's latent, averaged over the batch
+    const kl = mulScalar(sum(add(square(posterior.mean), sub(exp(posterior.logvar), addScalar(posterior.logvar, 1)))), 0.5 / images.shape[0]);
+    const values = images.size / images.shape[0];
+    return { loss: add(rec, mulScalar(kl, VAE_KL_WEIGHT / values)), extra: { rec, kl } };
+  });
+}
+
+/** Mean and std of posterior samples over `batches` training batches (drawn after the stage's steps, so fixed by the seed). */
+async function latentStats(vae: AutoencoderKL, seed: number, from: number, batches: number, batch: number): Promise<{ mean: number; std: number }> {
+  const world = trainWorld();
+  let s = 0;
+  let s2 = 0;
+  let n = 0;
+  for (let k = 0; k < batches; k++) {
+    const { images } = worldBatch(world, 'train', seed, from + k, batch, IMAGE_SIZE);
+    const z = noGrad(() => tidy(() => vae.encode(images).sample(generatorFor(seed, from + k))));
+    images.dispose();
+    const v = (await z.data()) as Float32Array;
+    z.dispose();
+    for (const x of v) {
+      s += x;
+      s2 += x * x;
+    }
+    n += v.length;
+  }
+  const mean = s / n;
+  return { mean, std: Math.sqrt(Math.max(s2 / n - mean * mean, 0)) };
+}
+
+export async function trainVae(o: StageOptions, tune: Partial<AutoencoderTuning> = {}): Promise<StageSummary> {
+  const t = { ...VAE_TUNING, ...tune };
+  const steps = o.steps ?? VAE_DEFAULTS.steps;
+  const batch = o.batch ?? VAE_DEFAULTS.batch;
+  const seed = o.seed ?? DEFAULT_SEED;
+  const vae = await initVae(seed);
+  const config = vae.config;
+  const opt = stageAdamW(vae, { lr: t.lr, steps, warmup: t.warmup });
+  const world = trainWorld();
+  try {
+    return await runStage({
+      name: 'vae',
+      dir: stageDir(o.root, 'vae'),
+      steps,
+      seed,
+      checkpointEvery: t.checkpointEvery,
+      modules: { vae },
+      optimizer: opt,
+      resume: o.resume,
+      log: o.log,
+      async step(i, gen) {
+        const { images } = worldBatch(world, 'train', seed, i, batch, IMAGE_SIZE);
+        try {
+          return await optimStep(opt, () => vaeLoss(vae, images, gen, t.ssimWeight));
+        } finally {
+          images.dispose();
+        }
+      },
+      // the part is written here, before the summary: scaling_factor, then the held-out metrics
+      async evaluate() {
+        const { mean, std } = await latentStats(vae, seed, steps, t.scaleBatches, batch);
+        config.scalingFactor = 1 / std;
+        await savePart(o.root, 'vae', vaeConfigJson(config), vae);
+        const m = await heldoutReconstruction(t.evalImages, IMAGE_SIZE, batch, (x) => vae.forward(x));
+        return { psnr: m.psnr, ssim: m.ssim, latent_mean: mean, latent_std: std, scaling_factor: config.scalingFactor };
+      },
+    });
+  } finally {
+    vae.dispose();
+    opt.dispose();
+  }
+}
+
+// ---- vq ------------------------------------------------------------------------------------
+
+/**
+ * VQ_CONFIG with a decoder one level deeper than the encoder: 8x8 codes of the 16 px copy are
+ * decoded to the 32 px image. Widths: encoder 64 @16, 128 @8 (as VQ_CONFIG); decoder 128 @8,
+ * 64 @16, 32 @32 (ch 32 so the full-size level stays cheap).
+ */
+export const VQ_TRAIN_CONFIG = { ...VQ_CONFIG, ch: 32, encoder_ch_mult: [2, 4], decoder_ch_mult: [1, 2, 4] };
+
+/** About 10 minutes alone on the software adapter: a batch-8 step took ~6 s of process CPU time (~3 s on 2 cores). */
+export const VQ_DEFAULTS = { steps: 200, batch: 8 };
+const VQ_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 0, ssimWeight: 0.2 };
+
+/** The VQ stage's loss on one batch: reconstruction of the full image from the copy's codes + vq + commitment (+ entropy). */
+export function vqLoss(vq: VQModel, small: Tensor, images: Tensor, ssimWeight: number): { loss: Tensor; extra: { rec: Tensor; vq: Tensor; commit: Tensor }; indices: Tensor } {
+  return tidy(() => {
+    const e = vq.encode(small);
+    const rec = pixelLoss(vq.decode(e.quant), images, ssimWeight);
+    const { vqLoss: v, commitLoss: c, entropyLoss } = e.losses;
+    const loss = add(add(rec, v), entropyLoss ? add(c, entropyLoss) : c);
+    return { loss, extra: { rec, vq: v, commit: c }, indices: e.indices };
+  });
+}
+
+export async function trainVq(o: StageOptions, tune: Partial<AutoencoderTuning> = {}): Promise<StageSummary> {
+  const t = { ...VQ_TUNING, ...tune };
+  const steps = o.steps ?? VQ_DEFAULTS.steps;
+  const batch = o.batch ?? VQ_DEFAULTS.batch;
+  const seed = o.seed ?? DEFAULT_SEED;
+  const config = parseVQConfig(VQ_TRAIN_CONFIG, 'tools/train/autoencoders.ts VQ_TRAIN_CONFIG');
+  const vq = withBuild({ dtype: 'f32', generator: new Generator(seed) }, () => new VQModel(config));
+  const opt = stageAdamW(vq, { lr: t.lr, steps, warmup: t.warmup, betas: [0.9, 0.95] });
+  const world = trainWorld();
+  // the fraction of codes used over the last 16 steps' tokens (host side, for the log and summary only)
+  const usage = new CodebookUsage(config.codebookSize, 16 * batch * (TOKENIZER_SIZE / 2) ** 2);
+  let trainUsage = 0;
+  try {
+    return await runStage({
+      name: 'vq',
+      dir: stageDir(o.root, 'vq'),
+      steps,
+      seed,
+      checkpointEvery: t.checkpointEvery,
+      modules: { vq },
+      optimizer: opt,
+      resume: o.resume,
+      log: o.log,
+      async step(i) {
+        const { images, small } = worldBatch(world, 'train', seed, i, batch, IMAGE_SIZE, TOKENIZER_SIZE);
+        let indices: Tensor | undefined;
+        try {
+          const r = await optimStep(opt, () => {
+            const l = vqLoss(vq, small!, images, t.ssimWeight);
+            indices = keep(l.indices);
+            return l;
+          });
+          trainUsage = usage.update((await indices!.data()) as Int32Array);
+          return { ...r, usage: trainUsage };
+        } finally {
+          for (const x of [images, small, indices]) x?.dispose();
+        }
+      },
+      async evaluate() {
+        await savePart(o.root, 'vq', vqConfigJson(config), vq, 'model.safetensors');
+        const held = new CodebookUsage(config.codebookSize, t.evalImages * (TOKENIZER_SIZE / 2) ** 2);
+        let heldUsage = 0;
+        const pending: Tensor[] = [];
+        const m = await heldoutReconstruction(t.evalImages, IMAGE_SIZE, batch, (_x, truth) =>
+          tidy(() => {
+            const e = vq.encode(imagesToTensor(truth.map((img) => tokenizerCopy(img, TOKENIZER_SIZE))));
+            pending.push(keep(e.indices));
+            return vq.decode(e.quant);
+          }));
+        for (const ids of pending) {
+          heldUsage = held.update((await ids.data()) as Int32Array);
+          ids.dispose();
+        }
+        return { psnr: m.psnr, ssim: m.ssim, codebook_usage: heldUsage, train_codebook_usage: trainUsage };
+      },
+    });
+  } finally {
+    vq.dispose();
+    opt.dispose();
+  }
+}
