@@ -22,7 +22,8 @@ import { Tokenizer } from '../models/tokenizer.ts';
 import { loadUNet } from '../models/unet.ts';
 import { loadVae } from '../models/vae.ts';
 import { loadVQModel } from '../models/vq.ts';
-import { imagesToTensor } from '../tools/image.ts';
+import { imagesToTensor, readImage, toImage, toRgb8 } from '../tools/image.ts';
+import { psnr } from '../tools/metrics.ts';
 import { scoreImage } from '../tools/geneval.ts';
 import { laytonDir, modelDir, saveLaytonDir } from '../tools/modeldir.ts';
 import { tokenizerCopy } from '../tools/train/data.ts';
@@ -307,6 +308,24 @@ describe('layton-run generate / eval geneval', () => {
     expect(j.captions).toBe(2);
     expect(Object.keys(j.categories).sort()).toEqual(['single_object', 'two_object']);
     expect(j.overall).toBeCloseTo((j.categories.single_object + j.categories.two_object) / 2, 12);
+  });
+
+  it('demo writes inputs, reconstructions and generations, printing the PSNR of the written files', async () => {
+    const out = join(tmp, 'demo');
+    const r = await run('demo', '--model', root, '--images', '2', '--captions', '2', '--out', out);
+    expect(r.status, r.stderr).toBe(0);
+    const rows = [...r.stdout.matchAll(/ {2}(\d{3})\.png {2}Layton (\S+) dB \/ (\S+) {3}VQ decoder (\S+) dB/g)];
+    expect(rows.map((m) => m[1])).toEqual(['000', '001']);
+    const world = new World();
+    for (const m of rows) {
+      const input = toImage(await readImage(join(out, 'input', `${m[1]}.png`)));
+      expect(Array.from(input.data)).toEqual(Array.from(toImage(toRgb8(world.sample('heldout', Number(m[1]), 32).image)).data));
+      expect(psnr(toImage(await readImage(join(out, 'reconstruction', `${m[1]}.png`))), input).toFixed(2)).toBe(m[2]);
+      expect(psnr(toImage(await readImage(join(out, 'reconstruction', `${m[1]}.vq.png`))), input).toFixed(2)).toBe(m[4]);
+    }
+    expect(r.stdout).toMatch(/generation: 2 held-out captions, cfg 2/);
+    for (const f of ['000.png', '001.png']) expect(existsSync(join(out, 'generated', f)), f).toBe(true);
+    expect(r.stdout).toMatch(/\d\/2 correct by the checker/);
   });
 
   it('bad input: one line naming the caption, file or argument', async () => {

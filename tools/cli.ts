@@ -1,6 +1,7 @@
 // layton-run: the command-line entry point. Each command lives in tools/commands/.
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { registerDemo } from './commands/demo.ts';
 import { registerDoctor } from './commands/doctor.ts';
 import { registerEval } from './commands/eval.ts';
 import { registerGenerate } from './commands/generate.ts';
@@ -9,7 +10,7 @@ import { registerReconstruct } from './commands/reconstruct.ts';
 import { registerTrain } from './commands/train.ts';
 
 let cli = yargs(hideBin(process.argv)).scriptName('layton-run');
-for (const register of [registerDoctor, registerInspect, registerReconstruct, registerGenerate, registerEval, registerTrain]) cli = register(cli);
+for (const register of [registerDemo, registerDoctor, registerInspect, registerReconstruct, registerGenerate, registerEval, registerTrain]) cli = register(cli);
 
 await cli
   .demandCommand(1, 'name a command (see --help)')
