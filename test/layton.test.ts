@@ -16,6 +16,7 @@ import { loadUNet } from '../models/unet.ts';
 import { loadVae } from '../models/vae.ts';
 import { loadVQModel } from '../models/vq.ts';
 import { laytonDir, modelDir, saveLaytonDir } from '../tools/modeldir.ts';
+import { paramGrad } from './helpers/grad.ts';
 
 const fixture = (name: string) => modelDir(fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url)));
 const note = errorReport();
@@ -88,16 +89,7 @@ describe('Layton', () => {
     wakeBranch(m);
     const ids = tidy(() => m.tokenize(rand([1, 3, 16, 16], { low: -1, high: 1, generator: new Generator(6) })));
     const c = m.features(ids);
-    const w = m.controlnet.stateDict()['controlnet_down_blocks.0.weight'];
-    const gradOf = (f: () => Tensor) => {
-      const l = tidy(() => mean(square(f())));
-      l.backward();
-      l.dispose();
-      const g = w.grad!;
-      w.grad = null;
-      for (const p of m.controlnet.parameters()) (p.grad?.dispose(), (p.grad = null));
-      return g;
-    };
+    const gradOf = (f: () => Tensor) => paramGrad(m.controlnet, 'controlnet_down_blocks.0.weight', () => mean(square(f())));
     const noise = randn([1, 4, 16, 16], { generator: new Generator(8) });
     // the full 2-step decode with stop-gradient...
     const g2 = gradOf(() => m.denoise(c, { steps: 2, noise, generator: new Generator(9), stopGradientBeforeLast: true }));

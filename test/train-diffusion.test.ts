@@ -22,6 +22,7 @@ import {
   trainLaytonStage2, trainLdm, unetLoss,
 } from '../tools/train/diffusion.ts';
 import { optimStep, pixelLoss, stageAdamW, trainWorld } from '../tools/train/stage.ts';
+import { paramGrad } from './helpers/grad.ts';
 
 const note = errorReport();
 const root = mkdtempSync(join(tmpdir(), 'layton-diffusion-'));
@@ -170,16 +171,7 @@ describe('diffusion stages', () => {
     const m = await loadTrained();
     const b = batchOf(2, 1);
     const ids = m.tokenize(b.small!);
-    const w = m.controlnet.stateDict()['controlnet_down_blocks.0.weight'];
-    const gradOf = (f: () => Tensor) => {
-      const l = tidy(f);
-      l.backward();
-      l.dispose();
-      const g = w.grad!;
-      w.grad = null;
-      for (const p of m.controlnet.parameters()) (p.grad?.dispose(), (p.grad = null));
-      return g;
-    };
+    const gradOf = (f: () => Tensor) => paramGrad(m.controlnet, 'controlnet_down_blocks.0.weight', f);
     const g2 = gradOf(() => stage2Loss(m, ids, b.images, 2, new Generator(9)));
     // by hand: the stage's draws in order (start noise, re-noise), the first x0 a constant
     const gen = new Generator(9);
