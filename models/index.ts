@@ -10,6 +10,7 @@ import { gptKind } from './gpt.ts';
 export { getKind, kindNames, kindOfConfig, loadModel, registerKind, type LoadOptions, type ModelKind } from './registry.ts';
 export * from './layers.ts';
 export * from './checkpoint.ts';
+export * from './webfiles.ts';
 export { ConfigReader } from './config.ts';
 export * from './schedulers.ts';
 export * from './blocks.ts';
