@@ -1,33 +1,35 @@
 // The browser half: the demo page built by Vite (no Node built-ins on its path), opened in
 // Debian's Chromium on its software WebGPU adapter (SwiftShader), against this Node process on
-// lavapipe: the kernels of tools/web/parity.ts within 1e-5; a tiny LaytonGen root (the fixture
-// Layton parts of test/layton.test.ts, a GPT and T5 trained 2 steps) served over HTTP and loaded
-// by the page through models/webfiles.ts: an image's tokens equal Node's, its decode within one
-// 8-bit level, a seeded generation's tokens equal Node's, and Cancel stops a generation. In
-// Node: URL roots stream weights by Range requests (or whole files from a server without
-// Range) and fail with Node's messages. The library build's size is printed.
+// lavapipe: the kernels of tools/web/parity.ts within 1e-5; a tiny LaytonGen root laid out as a
+// trained one (the fixture Layton parts of test/layton.test.ts, a GPT and T5 trained 2 steps)
+// served over HTTP and loaded by the page through models/webfiles.ts: a PNG's tokens equal
+// Node's and its decode is within one 8-bit level, a seeded generation's tokens equal Node's,
+// Cancel stops a generation; the same for the shipped models once models/default holds them.
+// In Node: URL roots stream weights by Range requests (or whole files from a server without
+// Range) and fail with a folder's messages. The library build's size is printed.
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
-import { type Browser, chromium } from 'playwright-core';
+import { type Browser, type Page, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Generator, getDevice, mulScalar, noGrad, randn, tidy } from '../runtime/index.ts';
+import { Generator, type Module, add, getDevice, mulScalar, noGrad, randn, tidy } from '../runtime/index.ts';
 import { LaddBranch } from '../models/controlnet.ts';
 import { loadGptModel } from '../models/gpt.ts';
 import { Layton, parseLaytonConfig } from '../models/layton.ts';
 import { DDPMScheduler } from '../models/schedulers.ts';
-import { loadUNet } from '../models/unet.ts';
+import { loadUNet, unetConfigJson } from '../models/unet.ts';
 import { loadVae } from '../models/vae.ts';
 import { loadVQModel } from '../models/vq.ts';
 import { blobRoot, urlRoot } from '../models/webfiles.ts';
-import { modelDir, saveLaytonDir } from '../tools/modeldir.ts';
-import { toRgb8 } from '../tools/image.ts';
-import { decode, encode, prepareFile } from '../tools/reconstruct.ts';
+import { modelDir, saveLaytonDir, saveModelDir } from '../tools/modeldir.ts';
+import { centerCrop, decodeImage, encodePng, toImage, toRgb8 } from '../tools/image.ts';
+import { DEFAULT_MODEL, decode, encode, prepare } from '../tools/reconstruct.ts';
 import { type LaytonGen, generateWith, openLaytonGen } from '../tools/laytongen/generate.ts';
 import { trainLaytonGen } from '../tools/laytongen/train.ts';
+import { World } from '../tools/world.ts';
 import { serveStatic } from '../tools/web/serve.ts';
 import { parityRun } from '../tools/web/parity.ts';
 
@@ -39,6 +41,8 @@ const FLAGS = [
 const OUT = 'test/output';
 const IMAGE = fileURLToPath(new URL('./fixtures/image_input.png', import.meta.url));
 const fixture = (name: string) => modelDir(fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url)));
+/** the shipped models, once `layton-run train layton` has written them */
+const SHIPPED = ['layton.json', 'gpt/config.json', 'text_encoder/tokenizer.json'].every((f) => existsSync(join(DEFAULT_MODEL, f)));
 const tmp = mkdtempSync(join(tmpdir(), 'browser-'));
 const root = join(tmp, 'root');
 
@@ -46,20 +50,77 @@ let browser: Browser;
 let server: Awaited<ReturnType<typeof serveStatic>>;
 let m: LaytonGen;
 
-/** The tiny LaytonGen root; the control branch's zero convs made non-zero so the tokens reach the decode. */
+/** Adds 0.3 N(0, 1) noise to the parameters whose names pass `pick`. */
+function perturb(mod: Module, pick: (name: string) => boolean, seed: number): void {
+  const g = new Generator(seed);
+  noGrad(() => {
+    for (const [k, p] of mod.namedParameters()) if (pick(k)) tidy(() => mod.loadStateDict({ [k]: add(p, mulScalar(randn(p.shape, { generator: g }), 0.3)) }, false));
+  });
+}
+
+/**
+ * The tiny LaytonGen root, laid out as a trained one: the decoder UNet in unet-consistency/ (here
+ * the LDM's perturbed, so a loader that took unet/ would decode other pixels); the control
+ * branch's zero convs made non-zero so the tokens reach the decode.
+ */
 async function tinyRoot(): Promise<void> {
   const unet = await loadUNet(await fixture('unet_small'));
   const branch = LaddBranch.fromUnet(unet, { codeDim: 8, upsampleFactor: 2, conditioningEmbeddingOutChannels: [8, 16], conditioningEmbeddingStride: 1 });
   const layton = new Layton(parseLaytonConfig({ image_size: 32, tokenizer_size: 16 }), await loadVQModel(await fixture('vq_small_st')), unet, branch.controlnet, await loadVae(await fixture('vae_small')), new DDPMScheduler());
-  const g = new Generator(5);
-  noGrad(() => {
-    for (const [k, p] of layton.controlnet.namedParameters())
-      if (k.startsWith('controlnet_') || k.startsWith('controlnet_cond_embedding.conv_out')) tidy(() => layton.controlnet.loadStateDict({ [k]: mulScalar(randn(p.shape, { generator: g }), 0.3) }, false));
-  });
+  perturb(layton.controlnet, (k) => k.startsWith('controlnet_') || k.startsWith('controlnet_cond_embedding.conv_out'), 5);
   await saveLaytonDir(root, layton);
+  perturb(unet, () => true, 6);
+  await saveModelDir(join(root, 'unet-consistency'), unetConfigJson(unet.config), unet);
   layton.dispose();
   const tiny = { trainImages: 8, heldoutImages: 4, checkpointEvery: 2, lr: 1e-2, warmup: 0, gpt: { dim: 32, n_layer: 1, n_head: 2, multiple_of: 32, vocab_size: 64 }, t5: { d_model: 32, d_kv: 8, d_ff: 64, num_layers: 1, num_heads: 4 } };
   await trainLaytonGen({ root, steps: 2, batch: 4, seed: 3, log: () => {} }, tiny);
+}
+
+const pageErrors = new WeakMap<Page, string[]>();
+
+async function openPage(url: string): Promise<Page> {
+  const page = await browser.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  pageErrors.set(page, errors);
+  await page.goto(url);
+  return page;
+}
+
+async function closePage(page: Page): Promise<void> {
+  expect(pageErrors.get(page)).toEqual([]);
+  await page.close();
+}
+
+/**
+ * Loads the served root (model/) in the page, then reconstructs `png` (decoded by Chromium there,
+ * by pngjs here; 1 step, noise of `seed`) and generates from `caption` (seed, cfg 2) there and
+ * with `m` here: the tokens must be equal, the pixels within one 8-bit level. Returns a summary.
+ */
+async function sameAsNode(page: Page, m: LaytonGen, png: Uint8Array, caption: string, seed: number): Promise<string> {
+  const url = page.url();
+  const t0 = performance.now();
+  expect(await page.evaluate(() => window.layton.load('model/'))).toBe(`${url}model`);
+  const tLoad = performance.now() - t0;
+  const web = await page.evaluate(([bytes, s]) => window.layton.reconstruct(bytes, s), [Array.from(png), seed] as [number[], number]);
+  const { small } = prepare(toImage(centerCrop(decodeImage(png), m.layton.config.imageSize)), m.layton.config);
+  const tokens = await encode(m.layton, [small]);
+  const side = Math.sqrt(tokens[0].length);
+  const [image] = await decode(m.layton, tokens, [side, side], 1, new Generator(seed));
+  expect(web.tokens).toEqual(Array.from(tokens[0]));
+  const px = toRgb8(image).data;
+  const levels = Math.max(...web.pixels.map((v, i) => Math.abs(v - px[i])));
+  const t1 = performance.now();
+  const gen = await page.evaluate(([c, s]) => window.layton.generate(c, s, 2), [caption, seed] as [string, number]);
+  const tGen = performance.now() - t1;
+  const node = await generateWith(m, { captions: [caption], seed, cfg: 2 });
+  expect(gen.tokens).toEqual(Array.from(node.tokens[0]));
+  const genPx = toRgb8(node.images[0]).data;
+  const genLevels = Math.max(...gen.pixels.map((v, i) => Math.abs(v - genPx[i])));
+  expect(levels).toBeLessThanOrEqual(1);
+  expect(genLevels).toBeLessThanOrEqual(1);
+  return `load ${tLoad.toFixed(0)} ms; reconstruction: ${web.tokens.length} tokens equal Node's, pixels within ${levels}/255 (PSNR ${web.psnr.toFixed(2)} dB); ` +
+    `generation "${caption}" ${tGen.toFixed(0)} ms: ${gen.tokens.length} tokens equal Node's, pixels within ${genLevels}/255`;
 }
 
 beforeAll(async () => {
@@ -82,10 +143,7 @@ afterAll(async () => {
 
 describe('browser (Chromium, WebGPU)', () => {
   it('runs the kernels with the same numbers as Node', async () => {
-    const page = await browser.newPage();
-    const errors: string[] = [];
-    page.on('pageerror', (e) => errors.push(e.message));
-    await page.goto(server.url);
+    const page = await openPage(server.url);
     const adapter = await page.evaluate(() => window.layton.ready);
     expect(adapter.length).toBeGreaterThan(0);
     const web = await page.evaluate(() => window.layton.parity());
@@ -99,37 +157,13 @@ describe('browser (Chromium, WebGPU)', () => {
     }
     console.log(`adapter in Chromium: ${adapter}\nmax relative difference browser vs Node:`, worst);
     for (const k of Object.keys(node)) expect(worst[k], k).toBeLessThan(1e-5);
-    expect(errors).toEqual([]);
-    await page.close();
+    await closePage(page);
   });
 
   it('loads a model root over HTTP, reconstructs and generates as Node does; Cancel stops a generation', async () => {
-    const page = await browser.newPage();
-    const errors: string[] = [];
-    page.on('pageerror', (e) => errors.push(e.message));
-    await page.goto(server.url);
-    const t0 = performance.now();
-    expect(await page.evaluate(() => window.layton.load('model/'))).toBe(`${server.url}model`);
-    const tLoad = performance.now() - t0;
-    // reconstruction of a PNG (decoded by Chromium there, by pngjs here), seed 7, 1 step
-    const web = await page.evaluate((bytes) => window.layton.reconstruct(bytes, 7), Array.from(readFileSync(IMAGE)));
-    const prepared = await prepareFile(IMAGE, m.layton.config);
-    const tokens = await encode(m.layton, [prepared.small]);
-    const [image] = await decode(m.layton, tokens, [8, 8], 1, new Generator(7));
-    expect(web.tokens).toEqual(Array.from(tokens[0]));
-    const px = toRgb8(image).data;
-    const levels = Math.max(...web.pixels.map((v, i) => Math.abs(v - px[i])));
-    // seeded generation: the tokens of Node's generateWith
-    const t1 = performance.now();
-    const gen = await page.evaluate(() => window.layton.generate('a red circle left of a blue square', 11, 2));
-    const tGen = performance.now() - t1;
-    const node = await generateWith(m, { captions: ['a red circle left of a blue square'], seed: 11, cfg: 2 });
-    expect(gen.tokens).toEqual(Array.from(node.tokens[0]));
-    const genLevels = Math.max(...gen.pixels.map((v, i) => Math.abs(v - toRgb8(node.images[0]).data[i])));
-    console.log(`browser: load ${tLoad.toFixed(0)} ms; reconstruction tokens equal Node's (${web.tokens.length}), pixels within ${levels} of 255 ` +
-      `(PSNR ${web.psnr.toFixed(3)} dB); generation ${tGen.toFixed(0)} ms, ${gen.tokens.length} tokens equal Node's, image within ${genLevels} of 255`);
-    expect(levels).toBeLessThanOrEqual(1);
-    expect(genLevels).toBeLessThanOrEqual(1);
+    const page = await openPage(server.url);
+    const line = await sameAsNode(page, m, readFileSync(IMAGE), 'a red circle left of a blue square', 7);
+    console.log(`tiny root in the browser: ${line}`);
     await page.screenshot({ path: join(OUT, 'browser-demo.png'), fullPage: true });
     expect(statSync(join(OUT, 'browser-demo.png')).size).toBeGreaterThan(1000);
     // Cancel, pressed as soon as the generation starts
@@ -139,9 +173,24 @@ describe('browser (Chromium, WebGPU)', () => {
       return run.then(() => 'finished', (e: Error) => `${e.message}; page says ${document.getElementById('gen-status')!.textContent}`);
     });
     expect(cancelled).toBe('cancelled; page says cancelled');
-    expect(errors).toEqual([]);
-    await page.close();
+    await closePage(page);
   });
+
+  it.skipIf(!SHIPPED)('the shipped models (models/default): the same tokens in the browser as in Node', async () => {
+    const shipped = await serveStatic('dist/demo', { model: DEFAULT_MODEL });
+    const node = await openLaytonGen(DEFAULT_MODEL);
+    try {
+      const page = await openPage(shipped.url);
+      const sample = new World().sample('heldout', 0, node.layton.config.imageSize);
+      const line = await sameAsNode(page, node, encodePng(toRgb8(sample.image)), sample.caption, 0);
+      console.log(`models/default in the browser: ${line}`);
+      await page.screenshot({ path: join(OUT, 'browser-demo-shipped.png'), fullPage: true });
+      await closePage(page);
+    } finally {
+      node.dispose();
+      await shipped.close();
+    }
+  }, 300_000);
 });
 
 describe('model roots over URLs and picked files (Node fetch)', () => {
