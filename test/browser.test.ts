@@ -4,10 +4,10 @@
 // trained one (the fixture Layton parts of test/layton.test.ts, a GPT and T5 trained 2 steps)
 // served over HTTP and loaded by the page through models/webfiles.ts: a PNG's tokens equal
 // Node's and its decode is within one 8-bit level, a seeded generation's tokens equal Node's,
-// Cancel stops a generation, a picked folder loads; the same check for the shipped models once
-// models/default holds them. In Node: URL roots stream weights by Range requests (or whole
-// files from a server without Range) and fail with a folder's messages. The library build's
-// size is printed.
+// Cancel stops a generation, a picked folder and ?model=URL load; the same check for the
+// shipped models once models/default holds them. In Node: URL roots stream weights by Range
+// requests (or whole files from a server without Range) and fail with a folder's messages.
+// The library build's size is printed.
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -180,6 +180,9 @@ describe('browser (Chromium, WebGPU)', () => {
     await page.click('#world-image');
     await page.waitForFunction(() => /^reconstruction: PSNR [\d.]+ dB/.test(document.getElementById('recon-score')!.textContent!));
     expect(await page.locator('#recon-tokens div').count()).toBe(64);
+    // ?model= loads a root on open
+    await page.goto(`${server.url}?model=model/`);
+    await page.waitForFunction((name) => document.getElementById('model-status')!.textContent!.startsWith(`${name}: 32x32 images`), `${server.url}model`);
     await closePage(page);
   });
 

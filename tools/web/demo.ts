@@ -219,6 +219,13 @@ $('gen-form').addEventListener('submit', (e) => {
 });
 $('gen-cancel').addEventListener('click', () => aborter?.abort(new Error('cancelled')));
 
+// ?model=URL loads that root on open (npm run demo:web prints the address with the served one)
+const auto = new URLSearchParams(location.search).get('model');
+if (auto) {
+  $<HTMLInputElement>('model-url').value = auto;
+  load(auto).catch(ignore);
+}
+
 $('run-parity').addEventListener('click', async () => {
   const out = $('parity-out');
   out.textContent = 'running…';

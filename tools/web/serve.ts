@@ -86,6 +86,8 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     const model = args[0] ?? 'models/default';
     const found = await stat(join(model, 'layton.json')).then(() => true, () => false);
     const { url } = await serveStatic('dist/demo', { port: Number(process.env.PORT ?? 5173), model: found ? model : undefined });
-    process.stdout.write(`demo at ${url} (Ctrl-C to stop); ${found ? `model ${model} at ${url}model/` : `no model at ${model} (no layton.json): pick a model folder on the page, or pass one: npm run demo:web -- DIR`}\n`);
+    process.stdout.write(found
+      ? `demo at ${url}?model=model/ with ${model} (Ctrl-C to stop)\n`
+      : `demo at ${url} (Ctrl-C to stop); no model at ${model} (no layton.json): pick a model folder on the page, or pass one: npm run demo:web -- DIR\n`);
   }
 }
