@@ -10,7 +10,7 @@ import { type GenerateOptions, type LaytonGen, generateWith, loadLaytonGen, mode
 import { psnr, ssim } from '../metrics.ts';
 import { type Rgb8, type RgbImage, centerCrop, imagesToTensor, resizeImage, tensorToImages, toImage, toRgb8 } from '../pixels.ts';
 
-export const openRoot = (source: string | FileList | File[], onProgress?: LoadProgress): Promise<ModelRoot> =>
+export const openRoot = (source: string | FileList, onProgress?: LoadProgress): Promise<ModelRoot> =>
   typeof source === 'string' ? urlRoot(source, { onProgress }) : Promise.resolve(blobRoot(Array.from(source), { onProgress }));
 
 export const loadRoot = (root: ModelRoot): Promise<LaytonGen> => loadLaytonGen(modelRootFiles(root), root.name);
