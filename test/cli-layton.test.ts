@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Generator, getDevice, mulScalar, noGrad, randn, tidy } from '../runtime/index.ts';
+import { Generator, f16ToF32, f32ToF16, getDevice, mulScalar, noGrad, randn, tidy } from '../runtime/index.ts';
 import { openSafetensors, saveSafetensors } from '../runtime/platform/node-fs.ts';
 import { LaddBranch } from '../models/controlnet.ts';
 import { Layton, parseLaytonConfig } from '../models/layton.ts';
@@ -199,8 +199,33 @@ describe('layton-run: bad input and --help', () => {
     expect(existsSync(join(tmp, 'never'))).toBe(false);
   });
 
+  it('exports a trained root: the distilled UNet as unet/, f16 weights, the same reconstructions within f16 rounding', async () => {
+    const exp = join(tmp, 'exported');
+    const r = await run('export', root, '--out', exp);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/exported: \d+\.\d\d MiB of weights \(f16\)/);
+    expect(existsSync(join(exp, 'unet-consistency'))).toBe(false);
+    const [src, dst] = [await openSafetensors(join(root, 'unet-consistency', 'diffusion_pytorch_model.safetensors')), await openSafetensors(join(exp, 'unet', 'diffusion_pytorch_model.safetensors'))];
+    expect(dst.keys()).toEqual(src.keys());
+    for (const k of src.keys()) {
+      expect(dst.info(k).dtype, k).toBe('F16');
+      expect(Array.from(await dst.readF32(k)), k).toEqual(Array.from(f16ToF32(f32ToF16(await src.readF32(k)))));
+    }
+    await Promise.all([src.close(), dst.close()]);
+    const [a, b] = await Promise.all(['root', 'exp'].map((n) => run('reconstruct', PNG, '--model', n === 'root' ? root : exp, '--out', join(tmp, `rec-${n}`))));
+    expect(a.status, a.stderr).toBe(0);
+    expect(b.status, b.stderr).toBe(0);
+    const [pa, pb] = [await pixels(join(tmp, 'rec-root', 'image_input.png')), await pixels(join(tmp, 'rec-exp', 'image_input.png'))];
+    const worst = pa.data.reduce((m, v, i) => Math.max(m, Math.abs(v - pb.data[i])), 0);
+    console.log(`exported (f16) vs trained root: worst pixel difference ${(worst * 255).toFixed(2)}/255`);
+    expect(worst).toBeLessThanOrEqual(3 / 255);
+    const bad = await run('export', join(tmp, 'nope'), '--out', join(tmp, 'never'));
+    oneLineError(bad, /nope: no such model root/);
+    expect(existsSync(join(tmp, 'never'))).toBe(false);
+  });
+
   it('prints --help for every command', async () => {
-    const cmds = [[], ['reconstruct'], ['encode'], ['decode'], ['eval', 'reconstruction'], ['train'], ['generate'], ['eval', 'geneval'], ['inspect'], ['forward'], ['doctor']];
+    const cmds = [[], ['reconstruct'], ['encode'], ['decode'], ['eval', 'reconstruction'], ['train'], ['generate'], ['eval', 'geneval'], ['inspect'], ['forward'], ['doctor'], ['export'], ['demo']];
     const results = await Promise.all(cmds.map((c) => run(...c, '--help')));
     results.forEach((r, i) => {
       expect(r.status, r.stderr).toBe(0);

@@ -4,13 +4,14 @@ import { hideBin } from 'yargs/helpers';
 import { registerDemo } from './commands/demo.ts';
 import { registerDoctor } from './commands/doctor.ts';
 import { registerEval } from './commands/eval.ts';
+import { registerExport } from './commands/export.ts';
 import { registerGenerate } from './commands/generate.ts';
 import { registerInspect } from './commands/inspect.ts';
 import { registerReconstruct } from './commands/reconstruct.ts';
 import { registerTrain } from './commands/train.ts';
 
 let cli = yargs(hideBin(process.argv)).scriptName('layton-run');
-for (const register of [registerDemo, registerDoctor, registerInspect, registerReconstruct, registerGenerate, registerEval, registerTrain]) cli = register(cli);
+for (const register of [registerDemo, registerDoctor, registerInspect, registerReconstruct, registerGenerate, registerEval, registerTrain, registerExport]) cli = register(cli);
 
 await cli
   .demandCommand(1, 'name a command (see --help)')
