@@ -6,7 +6,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { device, getDevice } from '../runtime/device.ts';
-import { formatTable, registeredBenches, runBenches } from './harness.ts';
+import { formatTable, isCpuAdapter, registeredBenches, runBenches } from './harness.ts';
 
 const { values } = parseArgs({
   options: {
@@ -51,7 +51,8 @@ if (values.json) {
   const doc = { adapter: info.adapter, platform: info.platform, date: new Date().toISOString(), quick: values.quick, results };
   console.log(JSON.stringify(doc, null, 2));
 } else {
-  console.log(`\n${header}${values.quick ? ' (--quick)' : ''}\n`);
+  const basis = isCpuAdapter(info.adapter) ? 'x naive / x peer: ratios of CPU time (a software adapter: the work done)' : 'x naive / x peer: ratios of wall time';
+  console.log(`\n${header}${values.quick ? ' (--quick)' : ''}\n${basis}\n`);
   console.log(formatTable(results));
 }
 process.exit(results.some((r) => r.error) ? 1 : 0);
