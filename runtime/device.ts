@@ -39,6 +39,25 @@ export interface DispatchSpec {
 }
 
 const ARENA_BYTES = 1 << 20;
+/** Dispatches timed per submission while profiling (two timestamps each). */
+const PROFILE_SLOTS = 1024;
+
+/** GPU time of one kernel entry point over a profile (see Device.startProfile). */
+export interface KernelTime {
+  /** "kernel:entry" */
+  kernel: string;
+  dispatches: number;
+  ms: number;
+}
+
+interface Profile {
+  queries: GPUQuerySet;
+  resolved: GPUBuffer;
+  /** kernel:entry of each timed dispatch in the current submission */
+  names: string[];
+  totals: Map<string, { dispatches: number; ns: number }>;
+  reads: Promise<void>[];
+}
 const PARAM_SLOT = 256; // minUniformBufferOffsetAlignment is at most 256 on every adapter
 
 export class Device {
@@ -58,6 +77,7 @@ export class Device {
   private compileChecks: Promise<void>[] = [];
   private compileErrors: Error[] = [];
   dispatchCount = 0;
+  private profile: Profile | null = null;
 
   constructor(
     readonly gpu: GPUDevice,
@@ -164,7 +184,13 @@ export class Device {
     if (!layout) this.layouts.set(pipe, (layout = pipe.getBindGroupLayout(0))); // a Dawn call per dispatch otherwise
     const bg = this.gpu.createBindGroup({ layout, entries });
     if (!this.encoder) this.encoder = this.gpu.createCommandEncoder();
-    if (!this.pass) this.pass = this.encoder.beginComputePass();
+    const prof = this.profile;
+    if (prof) {
+      // a pass of its own, so its timestamps bracket this dispatch alone
+      this.pass?.end();
+      const i = prof.names.push(`${spec.kernel}:${spec.entry ?? 'main'}`) - 1;
+      this.pass = this.encoder.beginComputePass({ timestampWrites: { querySet: prof.queries, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
+    } else if (!this.pass) this.pass = this.encoder.beginComputePass();
     this.pass.setPipeline(pipe);
     this.pass.setBindGroup(0, bg);
     const [x, y = 1, z = 1] = spec.workgroups;
@@ -172,7 +198,62 @@ export class Device {
     if (x > maxWg || y > maxWg || z > maxWg) throw new Error(`kernels/${spec.kernel}.wgsl: grid ${x}x${y}x${z} exceeds ${maxWg} workgroups per dimension`);
     if (x > 0 && y > 0 && z > 0) this.pass.dispatchWorkgroups(x, y, z);
     this.dispatchCount++;
-    if (++this.pendingDispatches >= 4096) this.flush();
+    if (prof) {
+      this.pass.end();
+      this.pass = null;
+    }
+    if (++this.pendingDispatches >= 4096 || prof?.names.length === PROFILE_SLOTS) this.flush();
+  }
+
+  /**
+   * Starts timing every dispatch on the GPU (timestamp queries; each dispatch then runs in a
+   * pass of its own, which costs a little). stopProfile() returns the time per kernel entry point.
+   */
+  startProfile(): void {
+    if (!this.hasTimestamps) throw new Error(`profiling needs the 'timestamp-query' feature, which this adapter (${this.info().adapter}) lacks`);
+    if (this.profile) throw new Error('a profile is already running (call stopProfile() first)');
+    this.flush();
+    this.profile = {
+      queries: this.gpu.createQuerySet({ type: 'timestamp', count: 2 * PROFILE_SLOTS }),
+      resolved: this.gpu.createBuffer({ size: 16 * PROFILE_SLOTS, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }),
+      names: [],
+      totals: new Map(),
+      reads: [],
+    };
+  }
+
+  /** Ends the profile: GPU milliseconds and dispatch counts per kernel entry point, most time first. */
+  async stopProfile(): Promise<KernelTime[]> {
+    const prof = this.profile;
+    if (!prof) throw new Error('no profile is running (call startProfile() first)');
+    this.flush();
+    this.profile = null;
+    await Promise.all(prof.reads);
+    prof.queries.destroy();
+    prof.resolved.destroy();
+    return [...prof.totals].map(([kernel, t]) => ({ kernel, dispatches: t.dispatches, ms: t.ns / 1e6 })).sort((a, b) => b.ms - a.ms);
+  }
+
+  /** Resolves the submission's timestamps into a staging buffer; returns the read (and sum) to start once it is submitted. */
+  private resolveProfile(encoder: GPUCommandEncoder, prof: Profile): () => void {
+    const names = prof.names.splice(0);
+    const bytes = 16 * names.length;
+    const staging = this.gpu.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    encoder.resolveQuerySet(prof.queries, 0, 2 * names.length, prof.resolved, 0);
+    encoder.copyBufferToBuffer(prof.resolved, 0, staging, 0, bytes);
+    return () => void prof.reads.push(
+      staging.mapAsync(GPUMapMode.READ).then(() => {
+        const t = new BigUint64Array(staging.getMappedRange());
+        names.forEach((name, i) => {
+          const e = prof.totals.get(name) ?? { dispatches: 0, ns: 0 };
+          e.dispatches++;
+          e.ns += Number(t[2 * i + 1] - t[2 * i]);
+          prof.totals.set(name, e);
+        });
+        staging.unmap();
+        staging.destroy();
+      }),
+    );
   }
 
   /** Records a buffer-to-buffer copy in order with the pending dispatches. */
@@ -192,7 +273,9 @@ export class Device {
       this.pass = null;
     }
     if (this.arenaUsed) this.gpu.queue.writeBuffer(this.arena, 0, this.arenaCpu, 0, this.arenaUsed);
+    const readTimes = this.encoder && this.profile?.names.length ? this.resolveProfile(this.encoder, this.profile) : null;
     if (this.encoder) this.gpu.queue.submit([this.encoder.finish()]);
+    readTimes?.();
     this.encoder = null;
     this.arenaUsed = 0;
     this.pendingDispatches = 0;
