@@ -5,7 +5,7 @@
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { errorReport } from './ref/suite.ts';
-import { type Tensor, groupNorm, layerNorm, rmsNorm, slice, tensor, } from '../runtime/index.ts';
+import { type Tensor, groupNorm, layerNorm, mul, rmsNorm, slice, sum, tensor } from '../runtime/index.ts';
 import { assertGradcheck, randomArray } from '../runtime/gradcheck.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
 import { maxRelError, roundToF16 } from './ref/cpu.ts';
@@ -197,6 +197,38 @@ describe('layouts', () => {
     }
     await expectClose('folded grid', x.grad!, gxRef, 1e-4);
     for (const t of [x, y, gy]) t.dispose();
+  });
+});
+
+describe('weight gradient over several splits', () => {
+  it('GroupNorm dw, db of [2,4,64,72]: 9216 positions a channel, reduced in 2 splits, against float64 sums', async () => {
+    const shape = [2, 4, 64, 72];
+    const [n, c, hw] = [2, 4, 64 * 72];
+    const [xs, ws, bs, rs] = [randomArray(n * c * hw, 1), randomArray(c, 2), randomArray(c, 3), randomArray(n * c * hw, 4)];
+    const [x, w, b, r] = [tensor(xs, shape), tensor(ws, [c]).requireGrad(), tensor(bs, [c]).requireGrad(), tensor(rs, shape)];
+    const y = groupNorm(x, 2, w, b);
+    const loss = sum(mul(y, r));
+    loss.backward();
+    // d loss / d y = r: dw[c] = Σ r·xh, db[c] = Σ r over the channel's samples and positions
+    const dw = new Float64Array(c);
+    const db = new Float64Array(c);
+    const len = (c / 2) * hw;
+    for (let row = 0; row < n * 2; row++) {
+      const base = row * len;
+      let mean = 0;
+      for (let k = 0; k < len; k++) mean += xs[base + k] / len;
+      let v = 0;
+      for (let k = 0; k < len; k++) v += (xs[base + k] - mean) ** 2 / len;
+      const rstd = 1 / Math.sqrt(v + 1e-5);
+      for (let k = 0; k < len; k++) {
+        const ch = (row % 2) * (c / 2) + Math.floor(k / hw);
+        dw[ch] += rs[base + k] * (xs[base + k] - mean) * rstd;
+        db[ch] += rs[base + k];
+      }
+    }
+    await expectClose('split weight gradient', w.grad!, dw, 1e-4);
+    await expectClose('split weight gradient', b.grad!, db, 1e-4);
+    for (const t of [x, w, b, r, y, loss, w.grad!, b.grad!]) t.dispose();
   });
 });
 

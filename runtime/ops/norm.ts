@@ -14,8 +14,11 @@ const TARGET_WORKGROUPS = 1024;
 // Row entries take the smallest power-of-two workgroup (>= 32) giving each thread at most
 // this many elements of its chunk.
 const PER_THREAD = 16;
-// affine_grad: split each channel's reduction into ranges of at least MIN_SPAN positions.
-const MIN_SPAN = 64;
+// affine_grad: split each channel's reduction into ranges of at least MIN_SPAN positions, so
+// each of a workgroup's lanes sums PER_THREAD of them before the tree merge. Spans of 64 (one
+// position a lane) made [8,32,32,32]'s weight gradient 80 ms on lavapipe, 7x its backward:
+// thousands of workgroups, each paying a 256-wide tree of barriers for a few sums.
+const MIN_SPAN = WG * PER_THREAD;
 
 interface RowSpec {
   kind: 'groupNorm' | 'layerNorm' | 'rmsNorm';
