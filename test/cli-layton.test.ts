@@ -1,8 +1,7 @@
 // The Layton commands end to end, as a user runs them (subprocesses of tools/bin/layton-run.js)
 // on a tiny random Layton folder: reconstruct (PNG and JPEG input), encode -> decode round
 // trips through both token formats, eval reconstruction, --help, and one-line errors.
-import { spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +18,7 @@ import { loadImage, readImage, toImage } from '../tools/image.ts';
 import { psnr, ssim } from '../tools/metrics.ts';
 import { modelDir, saveLaytonDir, saveModelDir } from '../tools/modeldir.ts';
 import { DEFAULT_MODEL } from '../tools/reconstruct.ts';
+import { expectOneLineError, runCli } from './helpers/cli.ts';
 
 const tmp = mkdtempSync(join(tmpdir(), 'layton-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -28,21 +28,7 @@ const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, im
 const PNG = fixture('image_input.png');
 const JPG = join(tmp, 'photo.jpg'); // a second name: outputs are named by the input's stem
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-/** Runs layton-run (async, so independent runs overlap). */
-const run = (...args: string[]): Promise<Run> =>
-  new Promise((resolve) => {
-    const p = spawn(process.execPath, ['tools/bin/layton-run.js', ...args]);
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    p.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
+const run = runCli;
 
 const pixels = async (path: string) => toImage(await readImage(path));
 
@@ -71,12 +57,7 @@ beforeAll(async () => {
   m.dispose();
 });
 
-const oneLineError = (r: Run, pattern: RegExp) => {
-  expect(r.status, r.stderr).toBe(1);
-  expect(r.stderr.trim().split('\n')).toHaveLength(1);
-  expect(r.stderr.trim()).toMatch(/^layton-run: /);
-  expect(r.stderr.trim()).toMatch(pattern);
-};
+const oneLineError = expectOneLineError;
 
 describe('layton-run reconstruct / encode / decode', () => {
   it('reconstructs a PNG and a JPEG; the printed PSNR / SSIM are those of the written files; encode -> decode gives the same image', async () => {
@@ -165,6 +146,9 @@ describe('layton-run: bad input and --help', () => {
     };
     const smallGrid = tokens('grid.json', [4, 4], Array(16).fill(1));
     const outOfRange = tokens('range.json', [8, 8], Array.from({ length: 64 }, (_, i) => (i === 5 ? 64 : 0)));
+    const emptyRoot = join(tmp, 'empty-root');
+    mkdirSync(emptyRoot);
+    writeFileSync(join(emptyRoot, 'layton.json'), '{}');
     const stGrid = join(tmp, 'grid.safetensors');
     await saveSafetensors(stGrid, { tokens: { dtype: 'I32', shape: [1, 4, 8], data: new Int32Array(32) } });
     const cases: [string[], RegExp][] = [
@@ -181,6 +165,10 @@ describe('layton-run: bad input and --help', () => {
       [['decode', notImage, '--model', model], /notes\.png: not a token file/],
       [['eval', 'reconstruction', '--model', model, '--n', '0'], /--n must be a positive integer, got 0$/],
       [['train', 'vae', '--steps', '-3', '--out', join(tmp, 'train')], /--steps must be a positive integer, got -3$/],
+      [['train', 'laytongen', '--out', emptyRoot], /empty-root\/vq: no such model folder \(run `layton-run train vq` with this --out first\)$/],
+      [['demo', '--model', join(tmp, 'nope')], /nope: no such model folder$/],
+      [['demo', '--model', model, '--images', '0'], /--images must be a positive integer, got 0$/],
+      [['demo', '--model', model], /gpt.*no such model folder|no such model folder.*gpt/],
     ];
     if (!existsSync(DEFAULT_MODEL)) cases.push([['reconstruct', PNG], /default model has not been trained yet; make it with `layton-run train layton`/]);
     const results = await Promise.all(cases.map(([args]) => run(...args)));

@@ -5,7 +5,6 @@
 // initial model's on the training set, saved folders reload equal), seeded generation, CFG
 // passed through (greedy tokens equal the argmax of full forwards mixed by hand), and
 // mini-GenEval end to end; the generate and eval geneval commands as a user runs them.
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +31,7 @@ import { buildWorldTokenizer, encodeWorldCaptions, loadTextEncoderDir, worldText
 import { laytonGenGptConfig, laytonGenTokens, setLoss, trainLaytonGen } from '../tools/laytongen/train.ts';
 import { type LaytonGen, generateWith, openLaytonGen } from '../tools/laytongen/generate.ts';
 import { evalGenevalWith, genevalCaptions } from '../tools/laytongen/geneval.ts';
+import { expectOneLineError, runCli } from './helpers/cli.ts';
 
 const fixture = (name: string) => modelDir(fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url)));
 const note = errorReport();
@@ -269,22 +269,8 @@ describe('files', () => {
 });
 
 describe('layton-run generate / eval geneval', () => {
-  const run = (...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> =>
-    new Promise((resolve) => {
-      const p = spawn(process.execPath, ['tools/bin/layton-run.js', ...args]);
-      let [stdout, stderr] = ['', ''];
-      p.stdout.on('data', (d) => (stdout += d));
-      p.stderr.on('data', (d) => (stderr += d));
-      p.on('close', (status) => resolve({ status, stdout, stderr }));
-    });
-  // Dawn itself prints two 'Warning: maxDynamic… artificially reduced' lines on lavapipe when the device opens
-  const ours = (stderr: string) => stderr.trim().split('\n').filter((l) => !/^Warning: maxDynamic/.test(l));
-  const oneLine = (r: { status: number | null; stderr: string }, pattern: RegExp) => {
-    expect(r.status, r.stderr).toBe(1);
-    expect(ours(r.stderr)).toHaveLength(1);
-    expect(ours(r.stderr)[0]).toMatch(/^layton-run: /);
-    expect(ours(r.stderr)[0]).toMatch(pattern);
-  };
+  const run = runCli;
+  const oneLine = expectOneLineError;
 
   it('writes the same PNGs for the same seed, and says what it generated', async () => {
     const long = 'a red circle ' + 'and a blue square '.repeat(6);

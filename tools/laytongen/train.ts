@@ -97,6 +97,7 @@ export async function laytonGenTokens(root: string, trainImages: number, heldout
   const path = join(stageDir(root, 'laytongen'), 'tokens.safetensors');
   const files = await openPart(root, '');
   const layton = parseLaytonConfig(await readConfig(files, 'layton.json'), join(root, 'layton.json'));
+  const vqFiles = await openPart(root, 'vq'); // before the fingerprint reads the folder: a missing vq/ names the stage to run
   const key = { format: CACHE_FORMAT, vq: await vqFingerprint(root), world_seed: trainWorld().seed, image_size: IMAGE_SIZE, tokenizer_size: layton.tokenizerSize, train: trainImages, heldout: heldoutImages };
   const cached = await openSafetensors(path).catch(() => null);
   if (cached) {
@@ -114,7 +115,7 @@ export async function laytonGenTokens(root: string, trainImages: number, heldout
       await cached.close();
     }
   }
-  const vq = await loadVQModel(await openPart(root, 'vq'));
+  const vq = await loadVQModel(vqFiles);
   try {
     const world = trainWorld();
     const tokenize = async (split: 'train' | 'heldout', n: number): Promise<TokenSet> => {
