@@ -1,6 +1,6 @@
 // Uploading checkpoint tensors to the GPU one at a time, converting dtypes on the way:
-// F16 stays f16 bytes for bytes (or widens to f32 on the GPU), BF16/F64 become f32 on the
-// host, and integer/bool tensors become i32.
+// F16 stays f16 bytes for bytes (or widens to f32 on the GPU; on the host where the adapter
+// has no shader-f16), BF16/F64 become f32 on the host, and integer/bool tensors become i32.
 import { device } from './device.ts';
 import type { DType } from './dtype.ts';
 import { noGrad } from './autograd.ts';
@@ -9,9 +9,9 @@ import { tensor } from './ops/create.ts';
 import { Tensor } from './tensor.ts';
 import type { SafetensorsFile } from './safetensors.ts';
 
-/** The GPU dtype a file dtype becomes by default. */
+/** The GPU dtype a file dtype becomes by default (F16 only where the adapter has shader-f16). */
 export function defaultDType(stDtype: string): DType {
-  if (stDtype === 'F16') return 'f16';
+  if (stDtype === 'F16') return device().hasF16 ? 'f16' : 'f32';
   if (stDtype === 'F32' || stDtype === 'BF16' || stDtype === 'F64') return 'f32';
   return 'i32';
 }
@@ -21,7 +21,8 @@ export async function loadTensor(file: SafetensorsFile, name: string, dtype?: DT
   const info = file.info(name);
   const want = dtype ?? defaultDType(info.dtype);
   if (want === 'f16' && !device().hasF16) throw new Error(`${file.source.name}: tensor "${name}" wanted as f16, but this adapter lacks shader-f16`);
-  if (info.dtype === 'F16' && (want === 'f16' || want === 'f32')) {
+  // without shader-f16 an F16 tensor widens on the host (readF32 below), not in a GPU cast
+  if (info.dtype === 'F16' && device().hasF16 && (want === 'f16' || want === 'f32')) {
     const raw = await file.readRaw(name);
     const t = Tensor.empty(info.shape, 'f16');
     // queue writes need a multiple of 4 bytes

@@ -59,7 +59,7 @@ export function torchWeights(ckpt: PtLoadResult, prefix = ''): WeightSource {
     async load(k, dtype) {
       const t = get(k);
       const raw = await readPtTensor(ckpt.source, t);
-      const want = dtype ?? (t.dtype === 'F16' ? 'f16' : 'f32');
+      const want = dtype ?? (t.dtype === 'F16' && device().hasF16 ? 'f16' : 'f32');
       if (want === 'f16' && !device().hasF16) throw new Error(`${name}: tensor '${prefix}${k}' wanted as f16, but this adapter lacks shader-f16`);
       const bits = () => new Uint16Array(raw.slice().buffer);
       let f32: Float32Array;

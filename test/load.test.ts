@@ -1,6 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { getDevice, loadTensor, tensorCount } from '../runtime/index.ts';
+import { device, getDevice, loadTensor, tensorCount } from '../runtime/index.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
 
 const path = fileURLToPath(new URL('./fixtures/st_roundtrip.safetensors', import.meta.url));
@@ -38,6 +38,26 @@ describe('loadTensor: checkpoint tensors onto the GPU with dtype conversion', ()
     expect([...seen].sort()).toEqual(['BF16', 'BOOL', 'F16', 'F32', 'F64', 'I64', 'U8']);
     expect(tensorCount()).toBe(before);
     await file.close();
+  });
+
+  it('on an adapter without shader-f16 (the browser\'s SwiftShader), F16 tensors widen on the host: f32, no f16 kernel', async () => {
+    const file = await openSafetensors(path);
+    const dev = device() as { hasF16: boolean };
+    const had = dev.hasF16;
+    dev.hasF16 = false; // as the device of such an adapter reports; any f16 kernel would now throw
+    try {
+      for (const name of file.keys().filter((k) => file.info(k).dtype === 'F16')) {
+        for (const t of [await loadTensor(file, name), await loadTensor(file, name, 'f32')]) {
+          expect(t.dtype, name).toBe('f32');
+          expect(Array.from(await t.data()), name).toEqual(Array.from(await file.readF32(name)));
+          t.dispose();
+        }
+        await expect(loadTensor(file, name, 'f16')).rejects.toThrow(/wanted as f16, but this adapter lacks shader-f16/);
+      }
+    } finally {
+      dev.hasF16 = had;
+      await file.close();
+    }
   });
 
   it('names the file and tensor when a key is missing', async () => {
