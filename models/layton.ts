@@ -177,6 +177,14 @@ export class Layton {
 /** Where a Layton folder's parts are: `sub("unet")` gives the unet/ folder (Node: tools/modeldir.ts; browsers: URLs). */
 export type LaytonFiles = (sub: string) => Promise<ModelFiles>;
 
+/**
+ * The folder of part `sub` in a Layton model root: a trained root (`layton-run train layton`)
+ * keeps its distilled decoder UNet in unet-consistency/ beside the LDM in unet/, so unet/ is read
+ * from there when `has` says the root has one; a published or exported folder's unet/ is the decoder.
+ */
+export const partFolder = (sub: string, has: (folder: string) => boolean): string =>
+  sub === 'unet' && has('unet-consistency') ? 'unet-consistency' : sub;
+
 /** Loads a Layton folder (layton.json, vq/, unet/, controlnet/, vae/, scheduler/). */
 export async function loadLayton(files: LaytonFiles, o: LoadOptions = {}): Promise<Layton> {
   const root = await files('');

@@ -14,11 +14,11 @@ import { type Layton, loadLayton } from '../models/layton.ts';
 import { loadUNet } from '../models/unet.ts';
 import { AutoencoderKL, parseVaeConfig, vaeConfigJson } from '../models/vae.ts';
 import { VQModel, parseVQConfig, vqConfigJson } from '../models/vq.ts';
-import { modelDir, saveModelDir } from '../tools/modeldir.ts';
+import { laytonDir, modelDir, saveModelDir } from '../tools/modeldir.ts';
 import { CONTROLNET_OPTIONS, UNET_CONFIG, VAE_CONFIG, VQ_CONFIG } from '../tools/train/configs.ts';
 import { worldBatch } from '../tools/train/data.ts';
 import {
-  type DiffusionStageConfig, encodeLatents, laytonMetrics, laytonRootFiles, stage1Loss, stage2Loss, trainConsistency, trainLaytonStage1,
+  type DiffusionStageConfig, encodeLatents, laytonMetrics, stage1Loss, stage2Loss, trainConsistency, trainLaytonStage1,
   trainLaytonStage2, trainLdm, unetLoss,
 } from '../tools/train/diffusion.ts';
 import { optimStep, pixelLoss, stageAdamW, trainWorld } from '../tools/train/stage.ts';
@@ -59,7 +59,7 @@ const changed = async (m: { namedParameters(): Iterable<[string, Tensor]> }, bef
   for (const [k, p] of m.namedParameters()) if (maxRelError(await read(p), before.get(k)!) > 0) n++;
   return n;
 };
-const loadTrained = () => loadLayton(laytonRootFiles(root), { dtype: 'f32' });
+const loadTrained = () => loadLayton(laytonDir(root), { dtype: 'f32' });
 /** the world's training batch `step` (images 32 px, tokenizer copies 16 px) */
 const batchOf = (step: number, n = 2) => worldBatch(trainWorld(), 'train', 7, step, n, 32, 16);
 

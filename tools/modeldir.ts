@@ -1,10 +1,11 @@
 // Model folders on disk (Node): ModelFiles over a directory, and atomic saving in the same
 // layout the loader reads (config.json + <weights>.safetensors).
+import { existsSync } from 'node:fs';
 import { mkdir, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ModelFiles } from '../models/checkpoint.ts';
 import { controlNetConfigJson } from '../models/controlnet.ts';
-import { type Layton, laytonConfigJson } from '../models/layton.ts';
+import { type Layton, type LaytonFiles, laytonConfigJson, partFolder } from '../models/layton.ts';
 import { unetConfigJson } from '../models/unet.ts';
 import { vaeConfigJson } from '../models/vae.ts';
 import { vqConfigJson } from '../models/vq.ts';
@@ -42,8 +43,15 @@ export async function saveModelDir(dir: string, config: object, module: Module, 
   await writeFileAtomic(join(dir, 'config.json'), [new TextEncoder().encode(JSON.stringify(config, null, 2) + '\n')]);
 }
 
-/** A Layton folder on disk: sub("unet") is <dir>/unet. */
-export const laytonDir = (dir: string) => (sub: string): Promise<ModelFiles> => modelDir(sub ? join(dir, sub) : dir);
+/**
+ * A Layton folder on disk: sub("vae") is <dir>/vae, and unet/ is unet-consistency/ when a
+ * trained root has one (models/layton.ts partFolder); `override` reads a part from another
+ * subfolder (training: the branch of an earlier stage).
+ */
+export const laytonDir = (dir: string, override: Record<string, string> = {}): LaytonFiles => (sub) => {
+  const at = override[sub] ?? partFolder(sub, (f) => existsSync(join(dir, f)));
+  return modelDir(at ? join(dir, at) : dir);
+};
 
 /** Writes a Layton folder (each part in diffusers' layout, then layton.json last: a folder without it is incomplete). */
 export async function saveLaytonDir(dir: string, m: Layton): Promise<void> {

@@ -17,9 +17,8 @@ import { Generator, getDevice, noGrad, tensor, tidy } from '../runtime/index.ts'
 import { openSafetensors, saveSafetensors, writeFileAtomic } from '../runtime/platform/node-fs.ts';
 import { type RgbImage, imagesToTensor, loadImage, resizeImage, tensorToImages, toImage, toRgb8 } from './image.ts';
 import { psnr, ssim } from './metrics.ts';
-import { modelDir } from './modeldir.ts';
+import { laytonDir, modelDir } from './modeldir.ts';
 import { tokenizerCopy } from './train/data.ts';
-import { laytonRootFiles } from './train/diffusion.ts';
 import { World } from './world.ts';
 
 /** The shipped model: `models/default/` in the package (written by `layton-run train layton`). */
@@ -50,7 +49,7 @@ export async function laytonInfo(dir = DEFAULT_MODEL): Promise<LaytonInfo> {
 /** Loads the model's weights onto the GPU (a trained root's decoder UNet is its unet-consistency/). */
 export async function openLayton(info: LaytonInfo): Promise<Layton> {
   await getDevice();
-  return loadLayton(laytonRootFiles(info.dir));
+  return loadLayton(laytonDir(info.dir));
 }
 
 /** The image as a PNG holds it: rounded to 8 bits. */

@@ -7,7 +7,7 @@
 import { Generator, type Tensor, getDevice, noGrad, reshape, tidy } from '../../runtime/index.ts';
 import { type Transformer, loadGptModel } from '../../models/gpt.ts';
 import { generate } from '../../models/generate.ts';
-import { type Layton, type LaytonFiles, loadLayton } from '../../models/layton.ts';
+import { type Layton, type LaytonFiles, loadLayton, partFolder } from '../../models/layton.ts';
 import type { ModelRoot } from '../../models/webfiles.ts';
 import { type RgbImage, tensorToImages } from '../pixels.ts';
 import { type CaptionEncoder, encodeWorldCaptions, loadTextEncoder } from './captions.ts';
@@ -50,9 +50,9 @@ export async function loadLaytonGen(files: LaytonFiles, root: string): Promise<L
   }
 }
 
-/** A listed root's parts (URLs, picked files) as loadLaytonGen reads them; the decoder UNet is unet-consistency/ when the root has one, as on disk (laytonRootFiles). */
+/** A listed root's parts (URLs, picked files) as loadLaytonGen reads them (the decoder UNet as models/layton.ts partFolder says). */
 export const modelRootFiles = (root: ModelRoot): LaytonFiles => (sub) =>
-  root.folder(sub === 'unet' && [...root.files.keys()].some((p) => p.startsWith('unet-consistency/')) ? 'unet-consistency' : sub);
+  root.folder(partFolder(sub, (f) => [...root.files.keys()].some((p) => p.startsWith(`${f}/`))));
 
 export interface GenerateOptions {
   captions: readonly (string | Uint8Array)[];

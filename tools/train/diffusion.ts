@@ -8,7 +8,7 @@
 //                                                        -> <root>/controlnet/, layton.json, scheduler/
 //   layton-stage2  the branch again, supervised in pixels through 1- or 2-step decoding and the
 //                  frozen VAE decoder (L1 + (1 - SSIM): LPIPS's weights cannot be had here). -> <root>/controlnet/
-// A model root's decoder UNet is unet-consistency/ when present (laytonRootFiles); the LDM stays in
+// A model root's decoder UNet is unet-consistency/ when present (tools/modeldir.ts laytonDir); the LDM stays in
 // unet/ so the consistency stage can be re-run from it.
 // All randomness of step i (posterior samples, timesteps, noise, the 1-or-2-step choice) comes
 // from the step's generator, in a fixed order, so resumed runs follow the same loss curve.
@@ -20,13 +20,13 @@ import {
 } from '../../runtime/index.ts';
 import { readConfig } from '../../models/checkpoint.ts';
 import { LaddBranch, controlNetConfigJson } from '../../models/controlnet.ts';
-import { Layton, type LaytonFiles, laytonConfigJson, loadLayton, parseLaytonConfig } from '../../models/layton.ts';
+import { Layton, laytonConfigJson, loadLayton, parseLaytonConfig } from '../../models/layton.ts';
 import { type AlphaScheduler, fromConfig } from '../../models/schedulers.ts';
 import { UNet2DConditionModel, loadUNet, parseUNetConfig, unetConfigJson } from '../../models/unet.ts';
 import { type AutoencoderKL, loadVae } from '../../models/vae.ts';
 import { loadVQModel } from '../../models/vq.ts';
 import { imagesToTensor } from '../image.ts';
-import { modelDir, saveModelDir } from '../modeldir.ts';
+import { laytonDir, saveModelDir } from '../modeldir.ts';
 import { writeFileAtomic } from '../../runtime/platform/node-fs.ts';
 import { CONTROLNET_OPTIONS, LAYTON_CONFIG, SCHEDULER_CONFIG, UNET_CONFIG } from './configs.ts';
 import { type WorldBatch, tokenizerCopy, worldBatch } from './data.ts';
@@ -68,12 +68,6 @@ const GRAD_CLIP = 1;
 const EVAL_BATCH = 16;
 /** The evaluation's noise: fixed, so stage summaries compare across runs and reload checks. */
 const EVAL_SEED = 12345;
-
-/** The decoder's parts of a model root: unet/ is read from unet-consistency/ when that exists (a published Layton folder has none: its unet/ is the distilled one). */
-export const laytonRootFiles = (root: string, override: Record<string, string> = {}): LaytonFiles => (sub) => {
-  const at = override[sub] ?? (sub === 'unet' && existsSync(join(root, 'unet-consistency')) ? 'unet-consistency' : sub);
-  return modelDir(at ? join(root, at) : root);
-};
 
 // Layton.emptyPrompt reads only the UNet's config and the image size; calling it on just those
 // keeps one definition of the prompt the LDM is trained with and Layton decodes with.
@@ -376,7 +370,7 @@ export async function trainLaytonStage2(o: StageOptions, x: DiffusionStageConfig
   // each missing part named with the stage that makes it
   for (const part of ['vq', 'vae', 'unet-consistency', 'controlnet', 'scheduler']) await openPart(o.root, part);
   const from: Record<string, string> = existsSync(stage1Branch(o.root)) ? { controlnet: join('train', 'layton-stage1', 'controlnet') } : {};
-  const m = await loadLayton(laytonRootFiles(o.root, from), { dtype: 'f32' });
+  const m = await loadLayton(laytonDir(o.root, from), { dtype: 'f32' });
   const twoStep = DIFFUSION_DEFAULTS['layton-stage2'].twoStep;
   try {
     return await trainBranchStage('layton-stage2', o, x, m, async (gen, ids, b) => {
