@@ -4,7 +4,7 @@
 // the decoder's noise draw from Philox streams of the seed, so the same call gives the same
 // images. The files come through ModelFiles and no Node module is on this path, so a browser
 // runs it as it is (tools/laytongen/generate.ts opens a root on disk).
-import { Generator, type Tensor, getDevice, noGrad, reshape, tidy } from '../../runtime/index.ts';
+import { Generator, type Tensor, embedding, getDevice, noGrad, reshape, tensor, tidy } from '../../runtime/index.ts';
 import { type Transformer, loadGptModel } from '../../models/gpt.ts';
 import { generate } from '../../models/generate.ts';
 import { type Layton, type LaytonFiles, loadLayton, partFolder } from '../../models/layton.ts';
@@ -106,34 +106,41 @@ export async function generateWith(m: LaytonGen, o: GenerateOptions): Promise<Ge
   if (!m.layton.config.decodeTimesteps[String(steps)])
     throw new Error(`generate: steps must be one of ${Object.keys(m.layton.config.decodeTimesteps).join(', ')} (the decoder's schedules), got ${steps}`);
   const { clsTokenNum, blockSize } = m.gpt.config;
-  // every caption checked once up front, so errors and warnings name the caller's caption i
-  // (not a batch row) and come before any generation
-  const checked = await encodeWorldCaptions(m.text, o.captions, { maxLength: clsTokenNum, warn: o.warn });
-  checked.embs.dispose();
-  checked.mask.dispose();
-  const rows = o.captions.flatMap((c) => new Array<string | Uint8Array>(n).fill(c));
+  // every caption encoded once, before any generation (errors and warnings name the caller's
+  // caption i); a batch gathers its rows' features
+  const all = await encodeWorldCaptions(m.text, o.captions, { maxLength: clsTokenNum, warn: o.warn });
+  const rows = o.captions.flatMap((_, i) => new Array<number>(n).fill(i));
   const side = Math.round(Math.sqrt(blockSize));
   const out: Generated = { images: [], tokens: [] };
-  for (let start = 0, b = 0; start < rows.length; start += batch, b++) {
-    const part = rows.slice(start, start + batch);
-    const f = await encodeWorldCaptions(m.text, part, { maxLength: clsTokenNum, warn: () => {} });
-    let ids: Tensor | undefined;
-    try {
-      ids = await generate(m.gpt, f.embs, f.mask, {
-        cfgScale: cfg, topK: o.topK, topP: o.topP, temperature: o.temperature, signal: o.signal, generator: new Generator(2 * (seed * 65_537 + b)),
-        onToken: o.onToken && ((done) => o.onToken!(start * blockSize + done * part.length, rows.length * blockSize)),
-      });
-      const grid = ids;
-      const images = noGrad(() => tidy(() => m.layton.decode(reshape(grid, [part.length, side, side]), { steps, generator: new Generator(2 * (seed * 65_537 + b) + 1) })));
-      out.images.push(...(await tensorToImages(images)));
-      images.dispose();
-      const all = (await ids.data()) as Int32Array;
-      for (let k = 0; k < part.length; k++) out.tokens.push(all.slice(k * blockSize, (k + 1) * blockSize));
-    } finally {
-      ids?.dispose();
-      f.embs.dispose();
-      f.mask.dispose();
+  let table: Tensor | undefined;
+  try {
+    const [L, d] = all.embs.shape.slice(1);
+    const masks = (await all.mask.data()) as Int32Array;
+    const rowsOf = (table = reshape(all.embs, [o.captions.length, L * d]));
+    for (let start = 0, b = 0; start < rows.length; start += batch, b++) {
+      const part = rows.slice(start, start + batch);
+      const embs = tidy(() => reshape(embedding(tensor(Int32Array.from(part), [part.length], 'i32'), rowsOf), [part.length, L, d]));
+      const mask = tensor(Int32Array.from(part.flatMap((i) => Array.from(masks.subarray(i * L, (i + 1) * L)))), [part.length, L], 'i32');
+      let ids: Tensor | undefined;
+      try {
+        ids = await generate(m.gpt, embs, mask, {
+          cfgScale: cfg, topK: o.topK, topP: o.topP, temperature: o.temperature, signal: o.signal, generator: new Generator(2 * (seed * 65_537 + b)),
+          onToken: o.onToken && ((done) => o.onToken!(start * blockSize + done * part.length, rows.length * blockSize)),
+        });
+        const grid = ids;
+        const images = noGrad(() => tidy(() => m.layton.decode(reshape(grid, [part.length, side, side]), { steps, generator: new Generator(2 * (seed * 65_537 + b) + 1) })));
+        out.images.push(...(await tensorToImages(images)));
+        images.dispose();
+        const toks = (await ids.data()) as Int32Array;
+        for (let k = 0; k < part.length; k++) out.tokens.push(toks.slice(k * blockSize, (k + 1) * blockSize));
+      } finally {
+        ids?.dispose();
+        embs.dispose();
+        mask.dispose();
+      }
     }
+  } finally {
+    for (const t of [table, all.embs, all.mask]) t?.dispose();
   }
   return out;
 }
