@@ -1,6 +1,6 @@
 // The diffusion stages of the Layton recipe (`layton-run train ldm|consistency|layton-stage1|layton-stage2`):
 //   ldm            a UNet (UNET_CONFIG) as a latent diffusion model on the frozen VAE's latents:
-//                  DDPM epsilon loss at uniform timesteps, the empty prompt.     -> <root>/unet/, scheduler/
+//                  DDPM loss (SCHEDULER_CONFIG's target) at uniform timesteps, the empty prompt.     -> <root>/unet/, scheduler/
 //   consistency    that LDM made a few-step model (standing in for Hyper-SD / TLCM): fine-tuned
 //                  to predict x0 at the decode timesteps (see trainConsistency). -> <root>/unet-consistency/
 //   layton-stage1  the LADD control branch (ControlNet.from_unet, zero convs) on the frozen
@@ -37,16 +37,16 @@ import {
 
 /**
  * Per-stage defaults for this 2-core software adapter. Measured at batch 8 on the default
- * configs (random parts, machine otherwise idle): ldm 0.33 it/s, consistency 0.33, stage 1 0.32,
- * stage 2 0.24 (half the steps 2-step), so these take about 12 + 4 + 8 + 17 minutes, ~41 of
- * `train layton`'s 75.
+ * configs, machine otherwise idle: ldm 0.44 it/s, consistency 0.44, stage 1 0.32, stage 2 0.24
+ * (half the steps 2-step), so these take about 6 + 2 + 5 + 19 minutes, ~33 of `train layton`'s
+ * 75: the time goes where the reconstruction is decided (the VAE, the VQ and stage 2).
  */
 export const DIFFUSION_DEFAULTS = {
-  ldm: { steps: 240, batch: 8, lr: 5e-4, warmup: 20 },
-  consistency: { steps: 80, batch: 8, lr: 3e-4, warmup: 10 },
-  'layton-stage1': { steps: 150, batch: 8, lr: 3e-4, warmup: 10 },
+  ldm: { steps: 160, batch: 8, lr: 5e-4, warmup: 20 },
+  consistency: { steps: 60, batch: 8, lr: 3e-4, warmup: 10 },
+  'layton-stage1': { steps: 100, batch: 8, lr: 3e-4, warmup: 10 },
   /** twoStep: the fraction of steps that decode in 2 steps (else 1) */
-  'layton-stage2': { steps: 240, batch: 8, lr: 2e-4, warmup: 10, twoStep: 0.5 },
+  'layton-stage2': { steps: 280, batch: 8, lr: 2e-4, warmup: 10, twoStep: 0.5 },
 } as const;
 type DiffusionStage = keyof typeof DIFFUSION_DEFAULTS;
 
@@ -96,7 +96,7 @@ export function encodeLatents(vae: AutoencoderKL, images: Tensor, gen?: Generato
 
 /**
  * The diffusion loss of model output `pred` for latents noised with `noise` at timesteps `ts`:
- * 'target' is the MSE against the scheduler's training target (epsilon here); 'x0' weights each
+ * 'target' is the MSE against the scheduler's training target (v here); 'x0' weights each
  * sample so that the loss is the MSE of the implied x0 estimate ((1-a)/a for epsilon, 1-a for
  * v, 1 for sample prediction).
  */
@@ -122,7 +122,7 @@ export function unetLoss(unet: UNet2DConditionModel, sched: AlphaScheduler, late
   });
 }
 
-/** Stage 1's loss: the branch's epsilon (training target) MSE at timesteps ts given the tokens' features (noise from gen). */
+/** Stage 1's loss: the branch's training-target MSE at timesteps ts given the tokens' features (noise from gen). */
 export function stage1Loss(m: Layton, ids: Tensor, latents: Tensor, ts: number[], gen: Generator): Tensor {
   return tidy(() => {
     const noise = randn(latents.shape, { generator: gen });
@@ -261,7 +261,7 @@ async function saveScheduler(root: string, sched: AlphaScheduler): Promise<void>
 /**
  * The few-step ("consistency") UNet: the LDM fine-tuned to predict x0 directly at the decode
  * timesteps ([999] and [999, 499]: each sample at one of them, chosen uniformly), with the x0
- * MSE taken through the epsilon parameterisation (so it stays a diffusers epsilon UNet).
+ * MSE taken through the scheduler's parameterisation (so it stays a diffusers UNet of that prediction_type).
  * Why this and not LCM consistency distillation: the Layton decoder evaluates the UNet only at
  * those timesteps, from pure noise or from its own re-noised first estimate, so an accurate x0
  * there is exactly what it needs; it costs one forward + backward per step, where distillation
@@ -327,7 +327,7 @@ async function trainBranchStage(
 
 /**
  * Stage 1: a new control branch (from_unet of the consistency UNet, CONTROLNET_OPTIONS, seeded)
- * trained with the epsilon loss at uniform timesteps given C = the features of the frozen VQ's
+ * trained with the diffusion loss at uniform timesteps given C = the features of the frozen VQ's
  * tokens of the tokenizer copy. VQ, UNet and VAE are frozen. Writes <root>/controlnet/,
  * <root>/layton.json and <root>/scheduler/.
  */
