@@ -1,0 +1,45 @@
+# PyTorch model of the `vae` stage (tools/train/autoencoders.ts): diffusers' AutoencoderKL
+# layout at VAE_CONFIG's sizes, the same loss, optimiser and schedule; prints held-out PSNR / SSIM.
+#   /usr/bin/python3 vae.py --steps 400 [--lr 1e-3] [--batch 8] [--lat 4] [--ch 32,64]
+import sys, os, argparse
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from common import *
+p = argparse.ArgumentParser(); p.add_argument('--ch', default='32,64'); p.add_argument('--lat', type=int, default=4); p.add_argument('--lr', type=float, default=1e-3)
+p.add_argument('--steps', type=int, default=240); p.add_argument('--batch', type=int, default=8); p.add_argument('--G', type=int, default=8); p.add_argument('--ssim', type=float, default=0.2)
+p.add_argument('--attn', type=int, default=1)
+a = p.parse_args(); torch.manual_seed(0)
+ch = [int(x) for x in a.ch.split(',')]; G = a.G; L = a.lat
+class Mid(nn.Module):
+    def __init__(s, c):
+        super().__init__(); s.r1 = Res(c, c, G); s.at = Attn(c, G) if a.attn else nn.Identity(); s.r2 = Res(c, c, G)
+    def forward(s, x): return s.r2(s.at(s.r1(x)))
+class VAE(nn.Module):
+    def __init__(s):
+        super().__init__()
+        e = [nn.Conv2d(3, ch[0], 3, padding=1)]; prev = ch[0]
+        for i, c in enumerate(ch):
+            e.append(Res(prev, c, G)); prev = c
+            if i < len(ch) - 1: e += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(c, c, 3, stride=2)]
+        e += [Mid(prev), nn.GroupNorm(G, prev), nn.SiLU(), nn.Conv2d(prev, 2 * L, 3, padding=1), nn.Conv2d(2 * L, 2 * L, 1)]
+        s.enc = nn.Sequential(*e)
+        with torch.no_grad(): s.enc[-1].bias[L:] = -6
+        d = [nn.Conv2d(L, L, 1), nn.Conv2d(L, ch[-1], 3, padding=1), Mid(ch[-1])]; prev = ch[-1]
+        rc = ch[::-1]
+        for i, c in enumerate(rc):
+            for j in range(2): d.append(Res(prev, c, G)); prev = c
+            if i < len(rc) - 1: d += [nn.Upsample(scale_factor=2), nn.Conv2d(c, c, 3, padding=1)]
+        d += [nn.GroupNorm(G, prev), nn.SiLU(), nn.Conv2d(prev, 3, 3, padding=1)]
+        s.dec = nn.Sequential(*d)
+    def forward(s, x):
+        m, lv = s.enc(x).chunk(2, 1); z = m + torch.exp(0.5 * lv) * torch.randn_like(m)
+        return s.dec(z), m, lv
+vae = VAE(); opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0); sc = sched(opt, a.lr, a.steps, 30)
+t0 = time.time()
+for i in range(a.steps):
+    idx = torch.randint(0, 12000, (a.batch,)); x = TR32[idx]
+    y, m, lv = vae(x); kl = 0.5 * (m ** 2 + lv.exp() - lv - 1).sum() / a.batch
+    loss = pixloss(y, x, a.ssim) + kl * 1e-6 / 3072
+    opt.zero_grad(); loss.backward(); opt.step(); sc.step()
+    if i % 200 == 0 or i == a.steps - 1:
+        with torch.no_grad(): yh = vae.dec(vae.enc(HO32).chunk(2, 1)[0])
+        print(f'{i} loss {loss.item():.4f} psnr {psnr(yh, HO32):.2f} ssim {ssim_eval(yh, HO32):.3f} {time.time()-t0:.0f}s', flush=True)
+print(vars(a))
