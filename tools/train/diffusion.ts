@@ -1,6 +1,6 @@
 // The diffusion stages of the Layton recipe (`layton-run train ldm|consistency|layton-stage1|layton-stage2`):
 //   ldm            a UNet (UNET_CONFIG) as a latent diffusion model on the frozen VAE's latents:
-//                  DDPM loss (SCHEDULER_CONFIG's target) at uniform timesteps, the empty prompt.     -> <root>/unet/, scheduler/
+//                  DDPM loss (v, SCHEDULER_CONFIG) at uniform timesteps, the empty prompt. -> <root>/unet/, scheduler/
 //   consistency    that LDM made a few-step model (standing in for Hyper-SD / TLCM): fine-tuned
 //                  to predict x0 at the decode timesteps (see trainConsistency). -> <root>/unet-consistency/
 //   layton-stage1  the LADD control branch (ControlNet.from_unet, zero convs) on the frozen

@@ -1,7 +1,7 @@
 # Shared parts of the PyTorch models of the recipe's autoencoder stages (see README.md): the
 # world images written by dump-world.ts, the stage's loss (L1 + 0.2 (1 - SSIM), the SSIM of
 # tools/train/stage.ts), PSNR as tools/metrics.ts computes it, the warmup + cosine schedule of
-# stageAdamW, and diffusers' ResnetBlock2D / single-head attention block.
+# stageAdamW, and diffusers' ResnetBlock2D / single-head attention block / mid block.
 import torch, torch.nn as nn, torch.nn.functional as F, numpy as np, math, time, sys, os
 torch.set_num_threads(int(os.environ.get('NT', '2')))  # NT=1 runs two models side by side on 2 cores
 DATA = os.environ.get('WORLD_DIR', '/tmp/world')
@@ -45,3 +45,7 @@ class Attn(nn.Module):
         b, c, h, w = x.shape; t = s.n(x).flatten(2).transpose(1, 2)
         a = F.softmax(s.q(t) @ s.k(t).transpose(1, 2) / math.sqrt(c), -1) @ s.v(t)
         return x + s.o(a).transpose(1, 2).reshape(b, c, h, w)
+class Mid(nn.Module):
+    def __init__(s, c, G, attn=True):
+        super().__init__(); s.r1 = Res(c, c, G); s.at = Attn(c, G) if attn else nn.Identity(); s.r2 = Res(c, c, G)
+    def forward(s, x): return s.r2(s.at(s.r1(x)))

@@ -8,10 +8,6 @@ p.add_argument('--steps', type=int, default=240); p.add_argument('--batch', type
 p.add_argument('--attn', type=int, default=1)
 a = p.parse_args(); torch.manual_seed(0)
 ch = [int(x) for x in a.ch.split(',')]; G = a.G; L = a.lat
-class Mid(nn.Module):
-    def __init__(s, c):
-        super().__init__(); s.r1 = Res(c, c, G); s.at = Attn(c, G) if a.attn else nn.Identity(); s.r2 = Res(c, c, G)
-    def forward(s, x): return s.r2(s.at(s.r1(x)))
 class VAE(nn.Module):
     def __init__(s):
         super().__init__()
@@ -19,10 +15,10 @@ class VAE(nn.Module):
         for i, c in enumerate(ch):
             e.append(Res(prev, c, G)); prev = c
             if i < len(ch) - 1: e += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(c, c, 3, stride=2)]
-        e += [Mid(prev), nn.GroupNorm(G, prev), nn.SiLU(), nn.Conv2d(prev, 2 * L, 3, padding=1), nn.Conv2d(2 * L, 2 * L, 1)]
+        e += [Mid(prev, G, a.attn), nn.GroupNorm(G, prev), nn.SiLU(), nn.Conv2d(prev, 2 * L, 3, padding=1), nn.Conv2d(2 * L, 2 * L, 1)]
         s.enc = nn.Sequential(*e)
         with torch.no_grad(): s.enc[-1].bias[L:] = -6
-        d = [nn.Conv2d(L, L, 1), nn.Conv2d(L, ch[-1], 3, padding=1), Mid(ch[-1])]; prev = ch[-1]
+        d = [nn.Conv2d(L, L, 1), nn.Conv2d(L, ch[-1], 3, padding=1), Mid(ch[-1], G, a.attn)]; prev = ch[-1]
         rc = ch[::-1]
         for i, c in enumerate(rc):
             for j in range(2): d.append(Res(prev, c, G)); prev = c

@@ -10,13 +10,10 @@ p.add_argument('--K', type=int, default=1024); p.add_argument('--D', type=int, d
 p.add_argument('--ch', type=int, default=32); p.add_argument('--beta', type=float, default=0.25); p.add_argument('--cblr', type=float, default=1.0); p.add_argument('--kn', type=int, default=2048); p.add_argument('--pp', type=int, default=0)
 a = p.parse_args(); torch.manual_seed(0); G = 32 if a.ch >= 32 else 16
 ch = a.ch
-class Mid(nn.Module):
-    def __init__(s, c): super().__init__(); s.r1 = Res(c, c, G); s.at = Attn(c, G); s.r2 = Res(c, c, G)
-    def forward(s, x): return s.r2(s.at(s.r1(x)))
 enc = nn.Sequential(nn.Conv2d(3, 2 * ch, 3, padding=1), Res(2 * ch, 2 * ch, G), nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(2 * ch, 2 * ch, 3, stride=2),
-                    Res(2 * ch, 4 * ch, G), Attn(4 * ch, G), Mid(4 * ch), nn.GroupNorm(G, 4 * ch), nn.SiLU(), nn.Conv2d(4 * ch, 64, 3, padding=1), nn.Conv2d(64, a.D, 1))
+                    Res(2 * ch, 4 * ch, G), Attn(4 * ch, G), Mid(4 * ch, G), nn.GroupNorm(G, 4 * ch), nn.SiLU(), nn.Conv2d(4 * ch, 64, 3, padding=1), nn.Conv2d(64, a.D, 1))
 def up(c): return [nn.Upsample(scale_factor=2), nn.Conv2d(c, c, 3, padding=1)]
-dec = nn.Sequential(nn.Conv2d(a.D, 64, 1), nn.Conv2d(64, 4 * ch, 3, padding=1), Mid(4 * ch), Res(4 * ch, 4 * ch, G), Attn(4 * ch, G), Res(4 * ch, 4 * ch, G), Attn(4 * ch, G), *up(4 * ch),
+dec = nn.Sequential(nn.Conv2d(a.D, 64, 1), nn.Conv2d(64, 4 * ch, 3, padding=1), Mid(4 * ch, G), Res(4 * ch, 4 * ch, G), Attn(4 * ch, G), Res(4 * ch, 4 * ch, G), Attn(4 * ch, G), *up(4 * ch),
                     Res(4 * ch, 2 * ch, G), Res(2 * ch, 2 * ch, G), *up(2 * ch), Res(2 * ch, ch, G), Res(ch, ch, G), nn.GroupNorm(G, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
 cb = nn.Parameter(torch.empty(a.K, a.D).uniform_(-1 / a.K, 1 / a.K))
 def quant(z):
