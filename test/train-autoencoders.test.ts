@@ -4,7 +4,8 @@
 //    metric's central finite difference along a random direction;
 //  - each stage learns (last loss below the first), writes its part, and the part loaded by
 //    loadVae / loadVQModel gives exactly the summary's held-out PSNR / SSIM (the in-memory
-//    model's), with the VAE's scaling_factor = 1 / latent std and the VQ decoding 16 px codes to 32 px;
+//    model's), with the VAE's scaling_factor = 1 / latent std and the VQ reconstructing its 16 px
+//    input (scored resized to 32 px, as eval reconstruction does);
 //  - the VAE stage (the one drawing noise) interrupted after a checkpoint and resumed
 //    continues on exactly the uninterrupted loss curve.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -98,7 +99,7 @@ describe('autoencoder stages', () => {
     expect(r.metrics.psnr).toBe(s.metrics.psnr);
   });
 
-  it('vq: learns, decodes 16 px codes to 32 px, saves a part that reproduces its summary', async () => {
+  it('vq: learns, reconstructs the 16 px copy from its codes, saves a part that reproduces its summary', async () => {
     const steps = 4;
     const s = await trainVq({ root, steps, batch: 2, log: quiet }, tune);
     const curve = losses(join(root, 'train', 'vq'));
@@ -113,7 +114,7 @@ describe('autoencoder stages', () => {
         const e = vq.encode(imagesToTensor(truth.map((img) => tokenizerCopy(img, TOKENIZER_SIZE))));
         expect(e.indices.shape).toEqual([2, TOKENIZER_SIZE / 2, TOKENIZER_SIZE / 2]);
         const y = vq.decode(e.quant);
-        expect(y.shape).toEqual([2, 3, IMAGE_SIZE, IMAGE_SIZE]);
+        expect(y.shape).toEqual([2, 3, TOKENIZER_SIZE, TOKENIZER_SIZE]);
         kept.push(keep(e.indices));
         return y;
       }));

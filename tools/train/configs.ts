@@ -2,7 +2,7 @@
 // recipe trains on a 2-core software adapter. Same model classes and config fields as the
 // published models (diffusers / LlamaGen / transformers names); only the sizes differ.
 //   image 32x32 -> VAE (f = 2) -> latent 4x16x16 (256 positions)
-//   tokenizer copy 16x16 -> VQ (f = 2) -> 8x8 = 64 tokens, codebook 1024 x 8 (l2)
+//   tokenizer copy 16x16 -> VQ (f = 2) -> 8x8 = 64 tokens, codebook 1024 x 8 (l2) -> VQ decoder 16x16
 //   control branch: C [8, 8, 8] upsampled x2 (nearest) onto the latent grid, stride-1 embedding
 // 32 px is the smallest size at which the GenEval checker reads ground-truth images reliably.
 
@@ -56,7 +56,9 @@ export const VQ_CONFIG = {
   codebook_embed_dim: 8,
   codebook_l2_norm: true,
   commit_loss_beta: 0.25,
-  entropy_loss_ratio: 0.0,
+  // LlamaGen's codebook entropy loss (its training default is 0): without it the codes of this
+  // world's flat colours stayed shared and the VQ decoder's hues collapsed (autoencoders.ts)
+  entropy_loss_ratio: 0.1,
   encoder_ch_mult: [1, 2],
   decoder_ch_mult: [1, 2],
   z_channels: 64,

@@ -8,7 +8,7 @@ import {
   slice, square, sub, tensor, tidy, warmupCosine, addScalar,
 } from '../../runtime/index.ts';
 import type { ModelFiles } from '../../models/checkpoint.ts';
-import { type RgbImage, imagesToTensor, tensorToImages } from '../image.ts';
+import { type RgbImage, imagesToTensor, resizeImage, tensorToImages } from '../image.ts';
 import { psnr, ssim } from '../metrics.ts';
 import { modelDir, saveModelDir } from '../modeldir.ts';
 import { World } from '../world.ts';
@@ -131,14 +131,19 @@ export function ssimTensor(a: Tensor, b: Tensor): Tensor {
   });
 }
 
-/** L1 + ssimWeight · (1 - SSIM): the stated LPIPS substitute (images in [-1, 1]). */
-export const pixelLoss = (pred: Tensor, target: Tensor, ssimWeight = 0.2): Tensor =>
-  tidy(() => (ssimWeight ? add(l1Loss(pred, target), mulScalar(addScalar(ssimTensor(pred, target), -1), -ssimWeight)) : l1Loss(pred, target)));
+/** L1 + ssimWeight · (1 - SSIM) (the stated LPIPS substitute) + mseWeight · MSE, images in [-1, 1]. */
+export const pixelLoss = (pred: Tensor, target: Tensor, ssimWeight = 0.2, mseWeight = 0): Tensor =>
+  tidy(() => {
+    let loss = l1Loss(pred, target);
+    if (ssimWeight) loss = add(loss, mulScalar(addScalar(ssimTensor(pred, target), -1), -ssimWeight));
+    return mseWeight ? add(loss, mulScalar(mseLoss(pred, target), mseWeight)) : loss;
+  });
 
 /**
  * PSNR and SSIM (tools/metrics.ts, per image, averaged) of `reconstruct` on the first `count`
  * held-out images of the world at `size`, `batch` at a time. reconstruct(images [B,3,size,size]
- * in [-1, 1], the same images on the host) returns images of that size; it runs without gradients.
+ * in [-1, 1], the same images on the host) returns images (of another size: resized bicubic to
+ * `size`); it runs without gradients.
  */
 export async function heldoutReconstruction(
   count: number,
@@ -155,7 +160,8 @@ export async function heldoutReconstruction(
     const x = imagesToTensor(truth);
     const y = noGrad(() => reconstruct(x, truth));
     x.dispose();
-    const out = await tensorToImages(y);
+    // a VQ decoder's output (tokenizer_size) is scored resized to size, as eval reconstruction does
+    const out = (await tensorToImages(y)).map((img) => (img.width === size && img.height === size ? img : resizeImage(img, size, size, 'bicubic')));
     y.dispose();
     out.forEach((img, k) => {
       sp += psnr(img, truth[k]);

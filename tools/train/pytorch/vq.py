@@ -1,20 +1,31 @@
 # PyTorch model of the `vq` stage (tools/train/autoencoders.ts): LlamaGen's VQ encoder / l2
-# codebook / decoder at VQ_TRAIN_CONFIG's sizes (16 px in, 32 px out), the same losses and
-# optimiser; --kmeans seeds the codebook by spherical k-means of the initial encoder's features
-# of --kn training images (--pp: k-means++ seeding). Prints held-out PSNR / SSIM / code usage.
-#   /usr/bin/python3 vq.py --steps 300 [--lr 1e-3] [--kmeans 1 --kn 2048] [--ent 0.1] [--cblr 10]
+# codebook / decoder at VQ_CONFIG's sizes (16 px in, 16 px out; --dec32 1: the former recipe's
+# decoder, one level deeper, to the 32 px image), the same losses (L1 + 0.2 (1 - SSIM) + --mse
+# MSE, vq + commitment + --ent entropy) and optimiser. --kmeans seeds the codebook by spherical
+# k-means of the initial encoder's features of --kn training images (--pp: k-means++ seeding).
+# Prints held-out PSNR / SSIM (a 16 px output is scored resized bicubic to 32 px) / code usage,
+# and the mean-colour error; SAVE=file.png writes 8 held-out images over their reconstructions.
+#   /usr/bin/python3 vq.py --steps 400                              # the recipe
+#   /usr/bin/python3 vq.py --steps 300 --ent 0 --mse 0 --dec32 1    # the former recipe
 import sys, os, argparse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from common import *
-p = argparse.ArgumentParser(); p.add_argument('--lr', type=float, default=1e-3); p.add_argument('--steps', type=int, default=200); p.add_argument('--batch', type=int, default=8)
-p.add_argument('--K', type=int, default=1024); p.add_argument('--D', type=int, default=8); p.add_argument('--ent', type=float, default=0.0); p.add_argument('--kmeans', type=int, default=0)
-p.add_argument('--ch', type=int, default=32); p.add_argument('--beta', type=float, default=0.25); p.add_argument('--cblr', type=float, default=1.0); p.add_argument('--kn', type=int, default=2048); p.add_argument('--pp', type=int, default=0)
-a = p.parse_args(); torch.manual_seed(0); G = 32 if a.ch >= 32 else 16
+p = argparse.ArgumentParser(); A = p.add_argument
+A('--lr', type=float, default=1e-3); A('--steps', type=int, default=400); A('--batch', type=int, default=8); A('--seed', type=int, default=0)
+A('--K', type=int, default=1024); A('--D', type=int, default=8); A('--ch', type=int, default=32); A('--beta', type=float, default=0.25)
+A('--ent', type=float, default=0.1); A('--mse', type=float, default=1.0); A('--dec32', type=int, default=0); A('--cblr', type=float, default=1.0)
+A('--kmeans', type=int, default=0); A('--kn', type=int, default=2048); A('--pp', type=int, default=0)
+a = p.parse_args(); torch.manual_seed(a.seed); G = 32 if a.ch >= 32 else 16
 ch = a.ch
 enc = nn.Sequential(nn.Conv2d(3, 2 * ch, 3, padding=1), Res(2 * ch, 2 * ch, G), nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(2 * ch, 2 * ch, 3, stride=2),
                     Res(2 * ch, 4 * ch, G), Attn(4 * ch, G), Mid(4 * ch, G), nn.GroupNorm(G, 4 * ch), nn.SiLU(), nn.Conv2d(4 * ch, 64, 3, padding=1), nn.Conv2d(64, a.D, 1))
 def up(c): return [nn.Upsample(scale_factor=2), nn.Conv2d(c, c, 3, padding=1)]
-dec = nn.Sequential(nn.Conv2d(a.D, 64, 1), nn.Conv2d(64, 4 * ch, 3, padding=1), Mid(4 * ch, G), Res(4 * ch, 4 * ch, G), Attn(4 * ch, G), Res(4 * ch, 4 * ch, G), Attn(4 * ch, G), *up(4 * ch),
-                    Res(4 * ch, 2 * ch, G), Res(2 * ch, 2 * ch, G), *up(2 * ch), Res(2 * ch, ch, G), Res(ch, ch, G), nn.GroupNorm(G, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
+top = [nn.Conv2d(a.D, 64, 1), nn.Conv2d(64, 4 * ch, 3, padding=1), Mid(4 * ch, G), Res(4 * ch, 4 * ch, G), Attn(4 * ch, G), Res(4 * ch, 4 * ch, G), Attn(4 * ch, G), *up(4 * ch),
+       Res(4 * ch, 2 * ch, G), Res(2 * ch, 2 * ch, G)]
+if a.dec32: net = nn.Sequential(*top, *up(2 * ch), Res(2 * ch, ch, G), Res(ch, ch, G), nn.GroupNorm(G, ch), nn.SiLU(), nn.Conv2d(ch, 3, 3, padding=1))
+else: net = nn.Sequential(*top, nn.GroupNorm(G, 2 * ch), nn.SiLU(), nn.Conv2d(2 * ch, 3, 3, padding=1))
+def dec(zq, score=False):  # score: a 16 px output resized to the 32 px image, as eval reconstruction does
+    y = net(zq)
+    return F.interpolate(y, size=32, mode='bicubic', align_corners=False) if score and y.shape[-1] != 32 else y
 cb = nn.Parameter(torch.empty(a.K, a.D).uniform_(-1 / a.K, 1 / a.K))
 def quant(z):
     z = F.normalize(z.permute(0, 2, 3, 1), dim=-1); e = F.normalize(cb, dim=-1)
@@ -41,15 +52,22 @@ if a.kmeans:
                 m = z[idx == k]
                 if len(m): c[k] = F.normalize(m.mean(0), dim=0)
         cb.data.copy_(c)
-params = [{'params': list(enc.parameters()) + list(dec.parameters())}, {'params': [cb], 'lr': a.lr * a.cblr}]
+params = [{'params': list(enc.parameters()) + list(net.parameters())}, {'params': [cb], 'lr': a.lr * a.cblr}]
 opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=0); sc = sched(opt, a.lr, a.steps, 30)
 t0 = time.time()
 for i in range(a.steps):
     idx = torch.randint(0, 12000, (a.batch,))
-    zq, ql, ids = quant(enc(TR16[idx])); y = dec(zq)
-    loss = pixloss(y, TR32[idx]) + ql
+    zq, ql, ids = quant(enc(TR16[idx])); y = dec(zq); T = TR32[idx] if a.dec32 else TR16[idx]
+    loss = pixloss(y, T) + a.mse * ((y - T) ** 2).mean() + ql
     opt.zero_grad(); loss.backward(); opt.step(); sc.step()
     if i % 200 == 0 or i == a.steps - 1:
-        with torch.no_grad(): zq, _, ids = quant(enc(HO16)); yh = dec(zq)
+        with torch.no_grad(): zq, _, ids = quant(enc(HO16)); yh = dec(zq, True)
         print(f'{i} loss {loss.item():.4f} psnr {psnr(yh, HO32):.2f} ssim {ssim_eval(yh, HO32):.3f} usage {len(ids.unique())/a.K:.2f} {time.time()-t0:.0f}s', flush=True)
+with torch.no_grad():
+    zq, _, ids = quant(enc(HO16)); yh = dec(zq, True).clamp(-1, 1)
+    print(f'mean-colour error {((yh.mean((2, 3)) - HO32.mean((2, 3))) * 127.5).abs().mean().item():.1f} levels of 255')
+    if os.environ.get('SAVE'):
+        from PIL import Image
+        im = torch.cat([torch.cat(list(HO32[:8]), 2), torch.cat(list(yh[:8]), 2)], 1)
+        Image.fromarray(((im * .5 + .5) * 255).round().byte().permute(1, 2, 0).numpy()).resize((8 * 32 * 4, 64 * 4), Image.NEAREST).save(os.environ['SAVE'])
 print(vars(a))
