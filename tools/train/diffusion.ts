@@ -134,14 +134,22 @@ export function stage1Loss(m: Layton, ids: Tensor, latents: Tensor, ts: number[]
 }
 
 /**
+ * Stage 2's pixel loss, L1 + 0.2 (1 - SSIM) + 3 MSE (the stated LPIPS substitute). The MSE term
+ * is the VQ stage's finding (autoencoders.ts): trained with L1 + SSIM alone, the VQ decoder and
+ * then this branch both kept positions and brightness but let hues drift (blue objects came out
+ * dark, white ones yellow), and an MSE term weighted 3 gained the most there.
+ */
+export const STAGE2_PIXEL_LOSS = { ssimWeight: 0.2, mseWeight: 3 };
+
+/**
  * Stage 2's loss: tokens -> `steps`-step decode from noise drawn from gen (TLCM's stop-gradient
- * before the last step) -> frozen VAE decoder -> L1 + 0.2 (1 - SSIM) against the full-size images.
+ * before the last step) -> frozen VAE decoder -> STAGE2_PIXEL_LOSS against the full-size images.
  */
 export function stage2Loss(m: Layton, ids: Tensor, images: Tensor, steps: number, gen: Generator): Tensor {
   return tidy(() => {
     const noise = randn([ids.shape[0], ...m.latentShape], { generator: gen });
     const z0 = m.denoise(m.features(ids), { steps, generator: gen, noise, stopGradientBeforeLast: true });
-    return pixelLoss(m.decodeLatents(z0), images);
+    return pixelLoss(m.decodeLatents(z0), images, STAGE2_PIXEL_LOSS.ssimWeight, STAGE2_PIXEL_LOSS.mseWeight);
   });
 }
 
@@ -363,8 +371,7 @@ export async function trainLaytonStage1(o: StageOptions, x: DiffusionStageConfig
 /**
  * Stage 2: stage 1's branch trained through the decoded image: each step decodes in 2 steps
  * (stop-gradient on the first) with probability twoStep, else in 1 (a seeded choice), and the
- * frozen VAE decoder's full-size image is compared with L1 + 0.2 (1 - SSIM) (the stated LPIPS
- * substitute). Only the branch trains. Writes <root>/controlnet/.
+ * frozen VAE decoder's full-size image is compared by STAGE2_PIXEL_LOSS. Only the branch trains. Writes <root>/controlnet/.
  */
 export async function trainLaytonStage2(o: StageOptions, x: DiffusionStageConfig = {}): Promise<StageSummary> {
   // each missing part named with the stage that makes it
