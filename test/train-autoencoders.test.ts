@@ -7,7 +7,7 @@
 //    model's), with the VAE's scaling_factor = 1 / latent std and the VQ reconstructing its 16 px
 //    input (scored resized to 32 px, as eval reconstruction does);
 //  - the VAE stage (the one drawing noise) interrupted after a checkpoint and resumed
-//    continues on exactly the uninterrupted loss curve.
+//    continues on exactly the uninterrupted loss curve, its summary's time counting both processes.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,10 +28,11 @@ const note = errorReport();
 const root = mkdtempSync(join(tmpdir(), 'layton-ae-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 const quiet = () => {};
-const losses = (dir: string): number[] => {
+const ckptState = (dir: string): { losses: number[]; seconds: number } => {
   const name = readFileSync(join(dir, 'latest'), 'utf8').trim();
-  return JSON.parse(readFileSync(join(dir, name, 'state.json'), 'utf8')).losses;
+  return JSON.parse(readFileSync(join(dir, name, 'state.json'), 'utf8'));
 };
+const losses = (dir: string): number[] => ckptState(dir).losses;
 const planes = (v: Float32Array, i: number, c: number, s: number) => ({ width: s, height: s, data: Float64Array.from(v.subarray(i * c * s * s, (i + 1) * c * s * s), (x) => x / 2 + 0.5) as unknown as Float32Array });
 
 describe('stage helpers', () => {
@@ -93,8 +94,11 @@ describe('autoencoder stages', () => {
     };
     await expect(trainVae({ root: cut, steps, batch: 2, log: stop }, tune)).rejects.toThrow('interrupted');
     expect(losses(join(cut, 'train', 'vae'))).toEqual(curve.slice(0, 2));
+    const cutSeconds = ckptState(join(cut, 'train', 'vae')).seconds;
+    expect(cutSeconds).toBeGreaterThan(0);
     const r = await trainVae({ root: cut, steps, batch: 2, log: quiet, resume: true }, tune);
     expect(r.resumed_from).toBe(2);
+    expect(r.seconds).toBeGreaterThan(cutSeconds); // the summary's time counts the interrupted process's steps
     expect(losses(join(cut, 'train', 'vae'))).toEqual(curve); // bit for bit
     expect(r.metrics.psnr).toBe(s.metrics.psnr);
   });

@@ -38,7 +38,7 @@ export interface StageSummary {
   stage: string;
   seed: number;
   steps: number;
-  /** wall seconds of this process's part of the run (steps done here) */
+  /** wall seconds of the run's steps, a resumed run's earlier processes included */
   seconds: number;
   it_per_s: number;
   final_loss: number;
@@ -78,6 +78,8 @@ interface CkptState {
   step: number;
   seed: number;
   losses: number[];
+  /** wall seconds of the steps up to this checkpoint, over every process (absent in older checkpoints) */
+  seconds?: number;
 }
 
 async function latest(dir: string): Promise<string | null> {
@@ -88,7 +90,7 @@ async function latest(dir: string): Promise<string | null> {
   }
 }
 
-async function saveCheckpoint(s: StageSpec, step: number, losses: number[]): Promise<void> {
+async function saveCheckpoint(s: StageSpec, step: number, losses: number[], seconds: number): Promise<void> {
   const name = `ckpt-${String(step).padStart(7, '0')}`;
   const tmp = join(s.dir, `${name}.tmp-${process.pid}`);
   await rm(tmp, { recursive: true, force: true });
@@ -96,7 +98,7 @@ async function saveCheckpoint(s: StageSpec, step: number, losses: number[]): Pro
   for (const [k, m] of Object.entries(s.modules)) await saveSafetensors(join(tmp, `${k}.safetensors`), await m.toSafetensors());
   const opt = await s.optimizer.toSafetensors();
   await saveSafetensors(join(tmp, 'optimizer.safetensors'), opt.tensors, opt.metadata);
-  const state: CkptState = { step, seed: s.seed, losses };
+  const state: CkptState = { step, seed: s.seed, losses, seconds };
   await writeFileAtomic(join(tmp, 'state.json'), [new TextEncoder().encode(JSON.stringify(state))]);
   await rm(join(s.dir, name), { recursive: true, force: true });
   await rename(tmp, join(s.dir, name));
@@ -134,11 +136,13 @@ export async function runStage(s: StageSpec): Promise<StageSummary> {
   const log = s.log ?? defaultLog();
   let losses: number[] = [];
   let start = 0;
+  let before = 0; // seconds spent by earlier processes, up to the checkpoint resumed from
   const prev = await latest(s.dir);
   if (s.resume && prev) {
     const st = await loadCheckpoint(s, prev);
     start = st.step;
     losses = st.losses;
+    before = st.seconds ?? 0;
     log(`${s.name}: resumed from ${join(s.dir, prev)} at step ${start}`, true);
   } else {
     for (const e of await readdir(s.dir)) if (e.startsWith('ckpt-') || e === 'latest') await rm(join(s.dir, e), { recursive: true, force: true });
@@ -151,9 +155,10 @@ export async function runStage(s: StageSpec): Promise<StageSummary> {
     const done = i + 1;
     const rate = (done - start) / ((performance.now() - t0) / 1000);
     log(progressLine(s.name, done, s.steps, r.loss, rate), done === s.steps);
-    if (done % s.checkpointEvery === 0 || done === s.steps) await saveCheckpoint(s, done, losses);
+    if (done % s.checkpointEvery === 0 || done === s.steps) await saveCheckpoint(s, done, losses, before + (performance.now() - t0) / 1000);
   }
-  const seconds = (performance.now() - t0) / 1000;
+  const here = (performance.now() - t0) / 1000;
+  const seconds = before + here;
   const tenth = Math.max(1, Math.floor(losses.length / 10));
   const curve: number[] = [];
   for (let a = 0; a < losses.length; a += tenth) {
@@ -165,7 +170,7 @@ export async function runStage(s: StageSpec): Promise<StageSummary> {
     seed: s.seed,
     steps: s.steps,
     seconds,
-    it_per_s: (s.steps - start) / Math.max(seconds, 1e-9),
+    it_per_s: start < s.steps ? (s.steps - start) / Math.max(here, 1e-9) : s.steps / Math.max(seconds, 1e-9),
     final_loss: losses.at(-1) ?? NaN,
     loss_curve: curve,
     resumed_from: start,
