@@ -92,7 +92,7 @@ export async function decodeVq(m: Layton, tokens: Int32Array[], grid: [number, n
   const imgs = await tensorToImages(out);
   out.dispose();
   const s = m.config.imageSize;
-  return imgs.map((img) => as8bit(img.width === s && img.height === s ? img : resizeImage(img, s, s, 'bicubic')));
+  return imgs.map((img) => as8bit(resizeImage(img, s, s, 'bicubic'))); // a same-size resize is a copy, as Pillow's
 }
 
 // ---- token files -----------------------------------------------------------------------------

@@ -161,7 +161,7 @@ export async function heldoutReconstruction(
     const y = noGrad(() => reconstruct(x, truth));
     x.dispose();
     // a VQ decoder's output (tokenizer_size) is scored resized to size, as eval reconstruction does
-    const out = (await tensorToImages(y)).map((img) => (img.width === size && img.height === size ? img : resizeImage(img, size, size, 'bicubic')));
+    const out = (await tensorToImages(y)).map((img) => resizeImage(img, size, size, 'bicubic'));
     y.dispose();
     out.forEach((img, k) => {
       sp += psnr(img, truth[k]);
