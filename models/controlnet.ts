@@ -83,6 +83,10 @@ function zeroModule<M extends Module>(m: M): M {
 
 const zeroConv = (ch: number) => zeroModule(new Conv2d(ch, ch, 1));
 
+/** Whether a ControlNetModel parameter is one of its zero-initialised convs (the branch's way in and its ways out). */
+export const isZeroConvParameter = (name: string): boolean =>
+  /^(controlnet_down_blocks\.|controlnet_mid_block\.|controlnet_cond_embedding\.conv_out\.)/.test(name);
+
 /** Nearest-neighbour upsampling by an integer factor (F.interpolate(scale_factor=f, mode="nearest")). */
 export function upsampleNearest(x: Tensor, factor: number): Tensor {
   if (factor === 1) return x;

@@ -92,6 +92,8 @@ export abstract class Optimizer<H extends Hyper = Hyper> {
   /** step() calls so far */
   stepCount = 0;
   protected readonly state = new Map<string, ParamState>();
+  /** Each parameter's multiplier of the schedule's rate (torch's param groups with their own lr); default 1. */
+  lrScale: (name: string) => number = () => 1;
 
   constructor(
     readonly kind: string,
@@ -129,7 +131,9 @@ export abstract class Optimizer<H extends Hyper = Hyper> {
         this.state.set(name, st);
       }
       st.step++;
-      this.update(p, g, st, lr);
+      const scale = this.lrScale(name);
+      if (!(scale >= 0)) throw new Error(`${this.kind}: lrScale gave ${scale} for parameter '${name}'`);
+      this.update(p, g, st, lr * scale);
     }
     this.stepCount++;
   }
@@ -225,6 +229,8 @@ const checkRange = (kind: string, name: string, x: number, lo: number, hi = Infi
 
 export interface AdamWOptions {
   lr?: number | LrSchedule;
+  /** per-parameter multiplier of the rate (Optimizer.lrScale) */
+  lrScale?: (name: string) => number;
   betas?: [number, number];
   eps?: number;
   weightDecay?: number;
@@ -238,6 +244,7 @@ export class AdamW extends Optimizer<AdamWHyper> {
     const [beta1, beta2] = o.betas ?? [0.9, 0.999];
     const hp = { beta1, beta2, eps: o.eps ?? 1e-8, weightDecay: o.weightDecay ?? 1e-2 };
     super('AdamW', params, scheduleOf(o.lr ?? 1e-3), hp, ['exp_avg', 'exp_avg_sq']);
+    if (o.lrScale) this.lrScale = o.lrScale;
   }
 
   protected checkHyper(h: AdamWHyper): void {
@@ -259,6 +266,8 @@ export class AdamW extends Optimizer<AdamWHyper> {
 
 export interface SGDOptions {
   lr: number | LrSchedule;
+  /** per-parameter multiplier of the rate (Optimizer.lrScale) */
+  lrScale?: (name: string) => number;
   momentum?: number;
   dampening?: number;
   nesterov?: boolean;
@@ -275,6 +284,7 @@ export class SGD extends Optimizer<SGDHyper> {
   constructor(params: ParamsInput, o: SGDOptions) {
     const hp = { momentum: o.momentum ?? 0, dampening: o.dampening ?? 0, nesterov: o.nesterov ?? false, weightDecay: o.weightDecay ?? 0 };
     super('SGD', params, scheduleOf(o.lr), hp, hp.momentum !== 0 ? ['momentum_buffer'] : []);
+    if (o.lrScale) this.lrScale = o.lrScale;
   }
 
   protected checkHyper(h: SGDHyper): void {

@@ -13,7 +13,7 @@ import { maxRelError } from './ref/cpu.ts';
 import { type Tensor, buildMeta, getDevice, mul, noGrad, renameWeights, safetensorsWeights, sum, tensor, tidy } from '../runtime/index.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
 import {
-  ControlNetConditioningEmbedding, ControlNetModel, LaddBranch, controlNetConfigJson, controlNetFromUnet, controlnetKind, loadControlNet, parseControlNetConfig, upsampleNearest,
+  ControlNetConditioningEmbedding, ControlNetModel, LaddBranch, controlNetConfigJson, controlNetFromUnet, controlnetKind, isZeroConvParameter, loadControlNet, parseControlNetConfig, upsampleNearest,
 } from '../models/controlnet.ts';
 import { type UNet2DConditionModel, loadUNet, unetKind } from '../models/unet.ts';
 import { modelDir, saveModelDir } from '../tools/modeldir.ts';
@@ -173,6 +173,7 @@ describe('LADD branch vs diffusers', () => {
     let copied = 0;
     for (const [k, t] of Object.entries(cn.stateDict())) {
       const v = Array.from(await t.data());
+      expect(isZeroConvParameter(k), k).toBe(ZERO_CONVS.some((p) => k.startsWith(p)));
       if (ENCODER_HALF.some((p) => k.startsWith(p))) {
         expect(t, k).not.toBe(u[k]);
         expect(v, k).toEqual(Array.from(await u[k].data()));

@@ -217,6 +217,30 @@ describe('state and errors', () => {
     [pa, pb].forEach((t) => t.dispose());
   });
 
+  it('lrScale: each parameter at its own multiple of the rate (torch param groups with their own lr)', async () => {
+    const grads = [4, 5, 6].map((s) => Float32Array.from(randomArray(37, s)));
+    const init = Float32Array.from(randomArray(37, 3));
+    const [pa, pb, ref] = [0, 1, 2].map(() => tensor(init, [37]).requireGrad());
+    const lr = warmupCosine({ lr: 0.01, warmupSteps: 1, totalSteps: 3 });
+    const scaled = new AdamW([['a', pa], ['b', pb]], { lr, lrScale: (n) => (n === 'a' ? 3 : 0) });
+    const alone = new AdamW([['a', ref]], { lr: { lrAt: (k) => 3 * lr.lrAt(k) } });
+    for (const g of grads) {
+      for (const p of [pa, pb, ref]) p.grad = tensor(g, [37]);
+      scaled.step();
+      alone.step();
+      scaled.zeroGrad();
+      alone.zeroGrad();
+    }
+    expect(Array.from(await pa.data())).toEqual(Array.from(await ref.data()));
+    expect(Array.from(await pb.data())).toEqual(Array.from(init));
+    const bad = new SGD([['w', pb]], { lr: 0.1, lrScale: () => -1 });
+    pb.grad = tensor(grads[0], [37]);
+    expect(() => bad.step()).toThrow(/SGD: lrScale gave -1 for parameter 'w'/);
+    bad.zeroGrad();
+    [scaled, alone, bad].forEach((o) => o.dispose());
+    [pa, pb, ref].forEach((t) => t.dispose());
+  });
+
   it('reports bad arguments by name', () => {
     const p = tensor([1, 2, 3]).requireGrad();
     const q = tensor([1, 2]).requireGrad();

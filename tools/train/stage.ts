@@ -57,13 +57,14 @@ export interface AdamWStageOptions {
   minLrRatio?: number;
   weightDecay?: number;
   betas?: [number, number];
+  lrScale?: (name: string) => number;
 }
 
 /** AdamW with linear warmup then cosine decay over the stage (short test runs clamp the warmup). */
 export function stageAdamW(params: ParamsInput, o: AdamWStageOptions): AdamW {
   const warmup = Math.min(o.warmup ?? 0, o.steps - 1);
   const schedule = warmupCosine({ lr: o.lr, warmupSteps: Math.max(0, warmup), totalSteps: Math.max(o.steps, warmup + 1), minLr: o.lr * (o.minLrRatio ?? 0.1) });
-  return new AdamW(params, { lr: schedule, betas: o.betas ?? [0.9, 0.99], weightDecay: o.weightDecay ?? 0 });
+  return new AdamW(params, { lr: schedule, betas: o.betas ?? [0.9, 0.99], weightDecay: o.weightDecay ?? 0, lrScale: o.lrScale });
 }
 
 /**
