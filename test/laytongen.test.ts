@@ -21,7 +21,8 @@ import { Tokenizer } from '../models/tokenizer.ts';
 import { loadUNet } from '../models/unet.ts';
 import { loadVae } from '../models/vae.ts';
 import { loadVQModel } from '../models/vq.ts';
-import { imagesToTensor, readImage, toImage, toRgb8 } from '../tools/image.ts';
+import { type RgbImage, imagesToTensor, readImage, toImage, toRgb8 } from '../tools/image.ts';
+import { decodeVq } from '../tools/reconstruct.ts';
 import { psnr } from '../tools/metrics.ts';
 import { scoreImage } from '../tools/geneval.ts';
 import { laytonDir, modelDir, saveLaytonDir } from '../tools/modeldir.ts';
@@ -191,6 +192,13 @@ describe('training, generation and mini-GenEval on a tiny root', () => {
     expect(y.images.map((i) => Array.from(i.data))).toEqual(x.images.map((i) => Array.from(i.data)));
     expect(z.tokens).not.toEqual(x.tokens);
     expect(z.images.map((i) => Array.from(i.data))).not.toEqual(x.images.map((i) => Array.from(i.data)));
+    // decoder 'vq': the same tokens through the plain VQ decoder, as eval reconstruction's decodeVq resizes it
+    const v = await generateWith(m, { captions: ['a red circle', 'two blue squares'], n: 2, seed: 1, cfg: 2, batch: 3, decoder: 'vq' });
+    expect(v.tokens).toEqual(x.tokens);
+    const bytes = (imgs: RgbImage[]) => imgs.map((i) => Array.from(toRgb8(i).data));
+    expect(bytes(v.images)).toEqual(bytes(await decodeVq(m.layton, x.tokens, [8, 8])));
+    expect(bytes(v.images)).not.toEqual(bytes(x.images));
+    await expect(generateWith(m, { captions: ['a red circle'], decoder: 'pixel' as 'vq' })).rejects.toThrow(/decoder must be 'layton' or 'vq', got pixel/);
     await expect(generateWith(m, { captions: ['a red circle'], steps: 3 })).rejects.toThrow(/steps must be one of 1, 2/);
     await expect(generateWith(m, { captions: ['a red circle'], cfg: 0.5 })).rejects.toThrow(/cfg must be a number >= 1/);
     await expect(generateWith(m, { captions: [''] })).rejects.toThrow(/caption 0 is empty/);

@@ -50,21 +50,22 @@ export const registerEval = <T>(y: Argv<T>) =>
             .option('captions', { type: 'number', default: 200, describe: 'distinct held-out captions (spread over GenEval\'s six categories)' })
             .option('seed', { type: 'number', default: 0, describe: 'seed of token sampling and decoder noise' })
             .option('steps', { type: 'number', choices: [1, 2], default: 1, describe: 'Layton decoding steps' })
+            .option('decoder', { type: 'string', choices: ['layton', 'vq'], default: 'layton', describe: 'vq: score the same tokens through the plain VQ decoder (tells the GPT from the decoder)' })
             .option('top-k', { type: 'number', default: 0, describe: 'keep the k most likely tokens (0: all)' })
             .option('top-p', { type: 'number', default: 1, describe: 'nucleus sampling mass' })
             .option('temperature', { type: 'number', default: 1, describe: 'softmax temperature' })
             .option('batch', { type: 'number', default: 32, describe: 'images generated together' })
-            .option('json', { type: 'boolean', default: false, describe: 'print {"overall", "categories": {...}, "captions", "images", "cfg", "seed", "seconds"}' }),
+            .option('json', { type: 'boolean', default: false, describe: 'print {"overall", "categories": {...}, "decoder", "captions", "images", "cfg", "seed", "seconds"}' }),
         async (a) => {
           positiveInt(a.captions, 'captions');
           positiveInt(a.batch, 'batch');
           if (!(Number.isFinite(a.cfg) && a.cfg >= 1)) throw new Error(`--cfg must be a number >= 1, got ${a.cfg}`);
           const r = await evalGeneval({
-            root: a.model, cfg: a.cfg, nCaptions: a.captions, seed: a.seed, steps: a.steps, topK: a['top-k'], topP: a['top-p'], temperature: a.temperature, batch: a.batch, log: note,
+            root: a.model, cfg: a.cfg, nCaptions: a.captions, seed: a.seed, steps: a.steps, decoder: a.decoder as 'layton' | 'vq', topK: a['top-k'], topP: a['top-p'], temperature: a.temperature, batch: a.batch, log: note,
           });
           if (a.json) return void process.stdout.write(JSON.stringify(r) + '\n');
           const rows = Object.entries(r.counts).map(([k, c]) => `${k.padEnd(14)} ${(c.correct / c.total).toFixed(3)} (${c.correct}/${c.total})`);
-          process.stdout.write([`mini-GenEval, cfg ${r.cfg}: ${r.images} images of ${r.captions} held-out captions (${r.seconds.toFixed(1)} s)`, ...rows, `${'overall'.padEnd(14)} ${r.overall.toFixed(3)}`].join('\n') + '\n');
+          process.stdout.write([`mini-GenEval, cfg ${r.cfg}, ${r.decoder} decoder: ${r.images} images of ${r.captions} held-out captions (${r.seconds.toFixed(1)} s)`, ...rows, `${'overall'.padEnd(14)} ${r.overall.toFixed(3)}`].join('\n') + '\n');
         },
       )
       .demandCommand(1, 'name what to evaluate (see eval --help)'),

@@ -55,6 +55,8 @@ export interface GenevalOptions {
   temperature?: number;
   /** Layton decode steps (default 1) */
   steps?: number;
+  /** GenerateOptions.decoder: 'vq' scores the same tokens through the plain VQ decoder */
+  decoder?: 'layton' | 'vq';
   /** images generated together (default 32) */
   batch?: number;
   /** progress lines */
@@ -64,6 +66,7 @@ export interface GenevalOptions {
 }
 
 export interface GenevalResult extends Summary {
+  decoder: 'layton' | 'vq';
   captions: number;
   images: number;
   cfg: number;
@@ -84,7 +87,7 @@ export async function evalGenevalWith(m: LaytonGen, o: Omit<GenevalOptions, 'roo
   for (let start = 0, b = 0; start < rows.length; start += batch, b++) {
     const part = rows.slice(start, start + batch);
     const { images } = await generateWith(m, {
-      captions: part.map((s) => s.caption), cfg, seed: seed * 1_000_003 + b, topK: o.topK, topP: o.topP, temperature: o.temperature, steps: o.steps, batch,
+      captions: part.map((s) => s.caption), cfg, seed: seed * 1_000_003 + b, topK: o.topK, topP: o.topP, temperature: o.temperature, steps: o.steps, decoder: o.decoder, batch,
     });
     images.forEach((img, k) => {
       const r = scoreImage(img, part[k]);
@@ -94,7 +97,7 @@ export async function evalGenevalWith(m: LaytonGen, o: Omit<GenevalOptions, 'roo
     const right = results.filter((r) => r.correct).length;
     o.log?.(`geneval: ${results.length}/${rows.length} images, ${right} correct (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   }
-  return { ...summarise(results), captions: list.length, images: rows.length, cfg, seed, seconds: (performance.now() - t0) / 1000 };
+  return { ...summarise(results), decoder: o.decoder ?? 'layton', captions: list.length, images: rows.length, cfg, seed, seconds: (performance.now() - t0) / 1000 };
 }
 
 /** mini-GenEval of the model at `root` (loaded for the call). */

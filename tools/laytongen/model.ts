@@ -9,7 +9,7 @@ import { type Transformer, loadGptModel } from '../../models/gpt.ts';
 import { generate } from '../../models/generate.ts';
 import { type Layton, type LaytonFiles, loadLayton, partFolder } from '../../models/layton.ts';
 import type { ModelRoot } from '../../models/webfiles.ts';
-import { type RgbImage, tensorToImages } from '../pixels.ts';
+import { type RgbImage, resizeImage, tensorToImages } from '../pixels.ts';
 import { type CaptionEncoder, encodeWorldCaptions, loadTextEncoder } from './captions.ts';
 
 /** A loaded LaytonGen model: the Layton decoder, the GPT and the text encoder. */
@@ -72,6 +72,11 @@ export interface GenerateOptions {
   steps?: number;
   /** images generated together (default 32) */
   batch?: number;
+  /**
+   * 'layton' (default), or 'vq': the plain VQ decoder of the same tokens, resized to image_size
+   * (bicubic, as eval reconstruction scores it), which tells the GPT's tokens from Layton's decoding
+   */
+  decoder?: 'layton' | 'vq';
   /** token progress: done of total, over the whole call */
   onToken?: (done: number, total: number) => void;
   /** aborts between tokens (the promise rejects with the signal's reason) */
@@ -103,6 +108,7 @@ function check(o: GenerateOptions): Required<Pick<GenerateOptions, 'cfg' | 'seed
 export async function generateWith(m: LaytonGen, o: GenerateOptions): Promise<Generated> {
   const { cfg, seed, n, steps, batch } = check(o);
   if (!Array.isArray(o.captions) || o.captions.length === 0) throw new Error('generate: no captions');
+  if (o.decoder !== undefined && o.decoder !== 'layton' && o.decoder !== 'vq') throw new Error(`generate: decoder must be 'layton' or 'vq', got ${o.decoder}`);
   if (!m.layton.config.decodeTimesteps[String(steps)])
     throw new Error(`generate: steps must be one of ${Object.keys(m.layton.config.decodeTimesteps).join(', ')} (the decoder's schedules), got ${steps}`);
   const { clsTokenNum, blockSize } = m.gpt.config;
@@ -127,9 +133,13 @@ export async function generateWith(m: LaytonGen, o: GenerateOptions): Promise<Ge
           cfgScale: cfg, topK: o.topK, topP: o.topP, temperature: o.temperature, signal: o.signal, generator: new Generator(2 * (seed * 65_537 + b)),
           onToken: o.onToken && ((done) => o.onToken!(start * blockSize + done * part.length, rows.length * blockSize)),
         });
-        const grid = ids;
-        const images = noGrad(() => tidy(() => m.layton.decode(reshape(grid, [part.length, side, side]), { steps, generator: new Generator(2 * (seed * 65_537 + b) + 1) })));
-        out.images.push(...(await tensorToImages(images)));
+        const grid = reshape(ids, [part.length, side, side]);
+        const images = noGrad(() => tidy(() =>
+          o.decoder === 'vq' ? m.layton.vq.decodeCode(grid) : m.layton.decode(grid, { steps, generator: new Generator(2 * (seed * 65_537 + b) + 1) })));
+        grid.dispose();
+        const s = m.layton.config.imageSize;
+        const imgs = await tensorToImages(images);
+        out.images.push(...(o.decoder === 'vq' ? imgs.map((img) => resizeImage(img, s, s, 'bicubic')) : imgs));
         images.dispose();
         const toks = (await ids.data()) as Int32Array;
         for (let k = 0; k < part.length; k++) out.tokens.push(toks.slice(k * blockSize, (k + 1) * blockSize));
