@@ -3,7 +3,7 @@
 // stage measured in memory; frozen parts get no gradient and keep their weights while the
 // trained part moves; each loss falls on a fixed batch; stage 2's 2-step loss back-propagates
 // through the last step only (TLCM's stop-gradient), as a hand-built last step does.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -100,6 +100,29 @@ describe('diffusion stages', () => {
     // every draw comes from the seed: a re-run of stage 2 (from stage 1's copy, not its own output) repeats its losses
     expect((await trainLaytonStage2({ ...run }, { ...TINY, evalImages: 0 })).loss_curve).toEqual(s2.loss_curve);
   }, 120_000);
+
+  it("the branch's zero convs step at zeroConvLrScale times the rate (Adam's first step from 0: lr g / |g|)", async () => {
+    const copy = join(root, 'zero-lr');
+    for (const part of ['vae', 'vq', 'unet', 'unet-consistency', 'scheduler']) cpSync(join(root, part), join(copy, part), { recursive: true });
+    await trainLaytonStage1({ ...run, root: copy, steps: 1 }, { ...TINY, lr: 1e-3, zeroConvLrScale: 10, evalImages: 0 });
+    const { isZeroConvParameter, loadControlNet } = await import('../models/controlnet.ts');
+    const cn = await loadControlNet(await modelDir(join(copy, 'controlnet')));
+    try {
+      const outputs = Object.entries(cn.stateDict()).filter(([k]) => isZeroConvParameter(k) && !k.startsWith('controlnet_cond_embedding.'));
+      expect(outputs.length).toBeGreaterThan(4);
+      for (const [k, t] of outputs) {
+        // each entry with a gradient g is at 10 lr |g| / (|g| + 1e-8): 1e-2 but where |g| is tiny; most have one
+        const moved = Array.from(await read(t)).filter((e) => e !== 0).map(Math.abs);
+        expect(moved.length, k).toBeGreaterThan(t.size / 2);
+        expect(Math.max(...moved), k).toBeLessThanOrEqual(1e-2 * (1 + 1e-6));
+        expect(moved.filter((e) => e > 0.99e-2).length, k).toBeGreaterThan(0.9 * moved.length);
+      }
+      // the way in (and the whole branch behind the output convs) gets no gradient while those are 0
+      expect(Array.from(await read(cn.stateDict()['controlnet_cond_embedding.conv_out.weight'])).every((e) => e === 0)).toBe(true);
+    } finally {
+      cn.dispose();
+    }
+  });
 
   it('a missing earlier part is an error naming it and the stage that makes it', async () => {
     const empty = join(root, 'empty');

@@ -41,14 +41,16 @@ export const registerTrain = <T>(y: Argv<T>) =>
       await getDevice();
       const stages = a.stage === 'layton' ? RECIPE : [a.stage];
       const o: StageOptions = { root: a.out, steps: a.steps, batch: a.batch, seed: a.seed, resume: a.resume };
-      const times: { stage: string; seconds: number; final_loss: number }[] = [];
+      // seconds: this process's wall time for the stage (loading and evaluation included);
+      // step_seconds: the summary's, the stage's training steps over every process that ran them
+      const times: { stage: string; seconds: number; step_seconds: number; final_loss: number }[] = [];
       const t0 = performance.now();
       for (const stage of stages) {
         note(`train ${stage}: root ${a.out}, seed ${a.seed}${a.resume ? ', resuming' : ''}`);
         const t = performance.now();
         const s = await STAGES[stage](o);
         const seconds = (performance.now() - t) / 1000;
-        times.push({ stage, seconds, final_loss: s.final_loss });
+        times.push({ stage, seconds, step_seconds: s.seconds, final_loss: s.final_loss });
         note(`train ${stage}: done in ${seconds.toFixed(1)} s (final loss ${s.final_loss.toPrecision(4)})`);
       }
       if (a.stage !== 'layton') return;
