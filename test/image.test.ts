@@ -160,6 +160,10 @@ describe('tensor conversion', () => {
     expect(v[5]).toBeCloseTo(a.data[5] * 2 - 1, 6);
     expect(v[3 * 256 + 7]).toBeCloseTo(b.data[7] * 2 - 1, 6);
     const back = await tensorToImages(t);
+    // with a size: each image resized bicubic (Pillow's, tested above), an unchanged size copied
+    const big = await tensorToImages(t, 40);
+    expect(big.map((i) => Array.from(i.data))).toEqual(back.map((i) => Array.from(resizeImage(i, 40, 40, 'bicubic').data)));
+    expect((await tensorToImages(t, 16)).map((i) => Array.from(i.data))).toEqual(back.map((i) => Array.from(i.data)));
     t.dispose();
     expect(toRgb8(back[1]).data).toEqual(toRgb8(b).data);
     expect(() => imagesToTensor([a, toImage(input)])).toThrow('imagesToTensor: image 1 is 203x157, image 0 is 16x16');

@@ -69,9 +69,13 @@ export function imagesToTensor(images: readonly RgbImage[]): Tensor {
   return tensor(out, [images.length, 3, height, width]);
 }
 
-/** [N, 3, H, W] tensor in [-1, 1] -> images in [0, 1] (clamped). */
-export async function tensorToImages(t: Tensor): Promise<RgbImage[]> {
+/**
+ * [N, 3, H, W] tensor in [-1, 1] -> images in [0, 1] (clamped); with `size`, resized bicubic to
+ * size x size (how a VQ decoder's tokenizer_size output is scored at image_size; an unchanged size is a copy).
+ */
+export async function tensorToImages(t: Tensor, size?: number): Promise<RgbImage[]> {
   if (t.shape.length !== 4 || t.shape[1] !== 3) throw new Error(`tensorToImages: expected [N, 3, H, W], got [${t.shape.join(', ')}]`);
+  if (size !== undefined) return (await tensorToImages(t)).map((img) => resizeImage(img, size, size, 'bicubic'));
   const [n, , height, width] = t.shape;
   const values = (await t.data()) as ArrayLike<number>;
   const per = 3 * width * height;

@@ -15,7 +15,7 @@ import { type Layton, type LaytonConfig, loadLayton, parseLaytonConfig } from '.
 import { parseVQConfig } from '../models/vq.ts';
 import { Generator, getDevice, noGrad, tensor, tidy } from '../runtime/index.ts';
 import { openSafetensors, saveSafetensors, writeFileAtomic } from '../runtime/platform/node-fs.ts';
-import { type RgbImage, imagesToTensor, loadImage, resizeImage, tensorToImages, toImage, toRgb8 } from './image.ts';
+import { type RgbImage, imagesToTensor, loadImage, tensorToImages, toImage, toRgb8 } from './image.ts';
 import { psnr, ssim } from './metrics.ts';
 import { laytonDir, modelDir } from './modeldir.ts';
 import { tokenizerCopy } from './train/data.ts';
@@ -89,10 +89,9 @@ export async function decode(m: Layton, tokens: Int32Array[], grid: [number, num
 /** The plain VQ decoder of the same tokens, resized to image_size, as 8-bit images. */
 export async function decodeVq(m: Layton, tokens: Int32Array[], grid: [number, number]): Promise<RgbImage[]> {
   const out = tidy(() => noGrad(() => m.vq.decodeCode(idsTensor(tokens, grid))));
-  const imgs = await tensorToImages(out);
+  const imgs = await tensorToImages(out, m.config.imageSize);
   out.dispose();
-  const s = m.config.imageSize;
-  return imgs.map((img) => as8bit(resizeImage(img, s, s, 'bicubic'))); // a same-size resize is a copy, as Pillow's
+  return imgs.map(as8bit);
 }
 
 // ---- token files -----------------------------------------------------------------------------

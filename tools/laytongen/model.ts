@@ -9,7 +9,7 @@ import { type Transformer, loadGptModel } from '../../models/gpt.ts';
 import { generate } from '../../models/generate.ts';
 import { type Layton, type LaytonFiles, loadLayton, partFolder } from '../../models/layton.ts';
 import type { ModelRoot } from '../../models/webfiles.ts';
-import { type RgbImage, resizeImage, tensorToImages } from '../pixels.ts';
+import { type RgbImage, tensorToImages } from '../pixels.ts';
 import { type CaptionEncoder, encodeWorldCaptions, loadTextEncoder } from './captions.ts';
 
 /** A loaded LaytonGen model: the Layton decoder, the GPT and the text encoder. */
@@ -97,6 +97,7 @@ function check(o: GenerateOptions): Required<Pick<GenerateOptions, 'cfg' | 'seed
   if (!(Number.isFinite(r.cfg) && r.cfg >= 1)) throw new Error(`generate: cfg must be a number >= 1, got ${o.cfg}`);
   if (!Number.isInteger(r.seed) || r.seed < 0) throw new Error(`generate: seed must be a non-negative integer, got ${o.seed}`);
   for (const k of ['n', 'batch'] as const) if (!Number.isInteger(r[k]) || r[k] < 1) throw new Error(`generate: ${k} must be a positive integer, got ${o[k]}`);
+  if (o.decoder !== undefined && o.decoder !== 'layton' && o.decoder !== 'vq') throw new Error(`generate: decoder must be 'layton' or 'vq', got ${o.decoder}`);
   return r;
 }
 
@@ -108,7 +109,6 @@ function check(o: GenerateOptions): Required<Pick<GenerateOptions, 'cfg' | 'seed
 export async function generateWith(m: LaytonGen, o: GenerateOptions): Promise<Generated> {
   const { cfg, seed, n, steps, batch } = check(o);
   if (!Array.isArray(o.captions) || o.captions.length === 0) throw new Error('generate: no captions');
-  if (o.decoder !== undefined && o.decoder !== 'layton' && o.decoder !== 'vq') throw new Error(`generate: decoder must be 'layton' or 'vq', got ${o.decoder}`);
   if (!m.layton.config.decodeTimesteps[String(steps)])
     throw new Error(`generate: steps must be one of ${Object.keys(m.layton.config.decodeTimesteps).join(', ')} (the decoder's schedules), got ${steps}`);
   const { clsTokenNum, blockSize } = m.gpt.config;
@@ -137,9 +137,7 @@ export async function generateWith(m: LaytonGen, o: GenerateOptions): Promise<Ge
         const images = noGrad(() => tidy(() =>
           o.decoder === 'vq' ? m.layton.vq.decodeCode(grid) : m.layton.decode(grid, { steps, generator: new Generator(2 * (seed * 65_537 + b) + 1) })));
         grid.dispose();
-        const s = m.layton.config.imageSize;
-        const imgs = await tensorToImages(images);
-        out.images.push(...(o.decoder === 'vq' ? imgs.map((img) => resizeImage(img, s, s, 'bicubic')) : imgs));
+        out.images.push(...(await tensorToImages(images, m.layton.config.imageSize)));
         images.dispose();
         const toks = (await ids.data()) as Int32Array;
         for (let k = 0; k < part.length; k++) out.tokens.push(toks.slice(k * blockSize, (k + 1) * blockSize));

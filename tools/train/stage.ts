@@ -8,7 +8,7 @@ import {
   slice, square, sub, tensor, tidy, warmupCosine, addScalar,
 } from '../../runtime/index.ts';
 import type { ModelFiles } from '../../models/checkpoint.ts';
-import { type RgbImage, imagesToTensor, resizeImage, tensorToImages } from '../image.ts';
+import { type RgbImage, imagesToTensor, tensorToImages } from '../image.ts';
 import { psnr, ssim } from '../metrics.ts';
 import { modelDir, saveModelDir } from '../modeldir.ts';
 import { World } from '../world.ts';
@@ -162,7 +162,7 @@ export async function heldoutReconstruction(
     const y = noGrad(() => reconstruct(x, truth));
     x.dispose();
     // a VQ decoder's output (tokenizer_size) is scored resized to size, as eval reconstruction does
-    const out = (await tensorToImages(y)).map((img) => resizeImage(img, size, size, 'bicubic'));
+    const out = await tensorToImages(y, size);
     y.dispose();
     out.forEach((img, k) => {
       sp += psnr(img, truth[k]);
