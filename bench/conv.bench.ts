@@ -5,6 +5,9 @@
 // it takes seconds, not minutes (32x32 here); the peer TensorFlow.js's WebGPU conv
 // (bench/peers/tfjs.ts) on the same adapter, channels-last, up to 64x64 (past that one tfjs
 // conv takes 10-30 s on lavapipe).
+// The recipe's training shapes (tools/train/configs.ts, batch 8) run forward + backward through
+// both of conv2d's implementations (runtime/ops/conv.ts): the GEMM path it picks for them, and
+// the implicit-GEMM kernel it keeps for convs whose column matrix is over its budget.
 // Run: npm run bench -- --filter conv2d
 import { defineBench } from './harness.ts';
 import { type Tensor, conv2d, randn, tidy } from '../runtime/index.ts';
@@ -70,4 +73,30 @@ conv3x3(128, 256, ' (LlamaGen VQ encoder)');
     setup: () => ({ x: randn([1, C, hw, hw]), w: randn([C, C, 3, 3], { std: 0.02 }) }),
     run: ({ x, w }) => conv2d(x, w, undefined, { stride: 2, padding: [0, 1, 0, 1] }),
   });
+}
+
+// [batch, channels, size, stride]: VQ encoder/decoder 64 ch at 16x16 and 128 ch at 8x8, VAE 32 ch
+// at 32x32, and a stride-2 downsample with diffusers' (0, 1, 0, 1) padding
+const TRAINING: [number, number, number, number][] = [[8, 64, 16, 1], [8, 128, 8, 1], [8, 32, 32, 1], [8, 64, 16, 2]];
+for (const [n, c, hw, stride] of TRAINING) {
+  const o = hw / stride;
+  for (const impl of ['gemm', 'implicit'] as const) {
+    defineBench({
+      name: `conv2d 3x3${stride > 1 ? ' stride 2' : ''} ${c}->${c} ${hw}x${hw} batch ${n} fwd + bwd f32 (${impl === 'gemm' ? 'GEMM path' : 'implicit GEMM'})`,
+      group: 'conv2d',
+      flops: 3 * 2 * n * c * c * 9 * o * o,
+      setup: () => ({
+        x: randn([n, c, hw, hw]).requireGrad(),
+        w: randn([c, c, 3, 3], { std: 0.02 }).requireGrad(),
+        dy: randn([n, c, o, o]),
+      }),
+      run: ({ x, w, dy }) => {
+        tidy(() => conv2d(x, w, undefined, { stride, padding: stride > 1 ? [0, 1, 0, 1] : 1, impl }).backward(dy));
+        for (const t of [x, w] as Tensor[]) {
+          t.grad?.dispose();
+          t.grad = null;
+        }
+      },
+    });
+  }
 }

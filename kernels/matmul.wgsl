@@ -1,4 +1,4 @@
-// Batched C[b] = act(opA(A[b]) @ opB(B[b]) + bias), opX = transpose when TA/TB. Batch
+// Batched C[b] = act(opA(A[b]) @ opB(B[b]) + bias (per column, or per row)), opX = transpose when TA/TB. Batch
 // strides of 0 share an operand across the batch. Storage type T (f32|f16), f32 accumulation.
 // act: 0 none, 1 relu, 2 gelu (erf), 3 gelu (tanh), 4 silu.
 //
@@ -47,6 +47,7 @@ struct Params {
   strideA: u32, strideB: u32, strideC: u32,
   offA: u32, offB: u32, offC: u32, offBias: u32,
   hasBias: u32, act: u32,  // uniform values rather than overrides: fewer pipelines to compile
+  // hasBias: 0 none, 1 bias[column] (linear), 2 bias[row] (conv2d's GEMM path: one per output channel)
 }
 
 @group(0) @binding(0) var<storage, read> A: array<{{T}}>;
@@ -151,7 +152,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let c = col0 + e % (TN4 * WX * 4u);
     if (r < p.m && c < p.n) {
       var v = ctile[e / 4u][e % 4u];
-      if (p.hasBias != 0u) { v += f32(bias[p.offBias + c]); }
+      if (p.hasBias != 0u) { v += f32(bias[p.offBias + select(c, r, p.hasBias == 2u)]); }
       C[baseC + r * p.n + c] = {{T}}(activate(v, p.act));
     }
   }

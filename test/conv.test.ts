@@ -4,7 +4,8 @@
 // are odd and small; the cases span several 64-wide tiles in every GEMM dimension, stride 2
 // with asymmetric padding, and a weight gradient split over pixel ranges. A float64 CPU conv
 // (forward and analytic gradients) checks every tile runtime/ops/conv.ts picks (small O, small
-// C, small C·KH·KW) and the 1x1 matmul path.
+// C, small C·KH·KW) and the 1x1 matmul path. Cases run through both implementations (the
+// GEMM path around im2col / col2im, and the implicit-GEMM kernel) where the path matters.
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Tensor, cast, conv2d, getDevice, noGrad, tensor, upsampleNearest2x } from '../runtime/index.ts';
@@ -101,6 +102,9 @@ function cpuConvGrads(
   return { gx, gw };
 }
 
+/** conv2d's two implementations (runtime/ops/conv.ts): GEMMs around a column matrix, and the implicit-GEMM kernel. */
+const IMPLS = ['gemm', 'implicit'] as const;
+
 let seed = 1;
 const rnd = (shape: number[], scale = 1): Float32Array => Float32Array.from(randomArray(shape.reduce((a, d) => a * d, 1), seed++), (v) => v * scale);
 
@@ -120,7 +124,7 @@ describe('conv2d vs PyTorch F.conv2d', async () => {
     expect(names).toEqual(['fused_res', 'fused_res_silu', 'k1_o70', 'k1s2', 'k2_asym', 'k3_c70', 'k3s1', 'k3s2_down', 'k5s2']);
   });
 
-  it.each(names)('%s: forward and gradients of input, weight, bias, residual', async (name) => {
+  it.each(IMPLS.flatMap((impl) => names.map((name) => [name, impl] as const)))('%s (%s path): forward and gradients of input, weight, bias, residual', async (name, impl) => {
     const has = (k: string) => file.keys().includes(`${name}.${k}`);
     const shape = (k: string) => file.info(`${name}.${k}`).shape;
     const data = (k: string) => file.readF32(`${name}.${k}`);
@@ -130,7 +134,7 @@ describe('conv2d vs PyTorch F.conv2d', async () => {
     const w = (await load('w')).requireGrad();
     const b = has('b') ? (await load('b')).requireGrad() : undefined;
     const residual = has('res') ? (await load('res')).requireGrad() : undefined;
-    const opts = { stride, padding: [pt, pb, pl, pr] as Pad4, residual, act: act ? ('silu' as const) : ('none' as const) };
+    const opts = { stride, padding: [pt, pb, pl, pr] as Pad4, residual, act: act ? ('silu' as const) : ('none' as const), impl };
     const tol = 1e-4;
     // Without gradients the whole epilogue runs fused in the kernel; with them SiLU is separate.
     const fused = noGrad(() => conv2d(x, w, b, opts));
@@ -155,16 +159,16 @@ describe('conv2d vs the naive reference kernel', () => {
     [1, 3, 16, 13, 4, 5, 5, 2, [2, 2, 2, 2]],
     [2, 4, 8, 7, 5, 2, 2, 1, [1, 0, 0, 1]],
   ];
-  it.each(cases)('N=%i C=%i H=%i W=%i O=%i %ix%i stride %i padding %j', async (n, c, h, wd, o, kh, kw, stride, pad) => {
+  it.each(IMPLS.flatMap((impl) => cases.map((c) => [...c, impl] as const)))('N=%i C=%i H=%i W=%i O=%i %ix%i stride %i padding %j (%s path)', async (n, c, h, wd, o, kh, kw, stride, pad, impl) => {
     const x = tensor(rnd([n, c, h, wd]), [n, c, h, wd]);
     const w = tensor(rnd([o, c, kh, kw]), [o, c, kh, kw]);
     const b = tensor(rnd([o]), [o]);
     const want = naiveConv2d(x, w, b, stride, pad);
-    await expectClose(conv2d(x, w, b, { stride, padding: pad }), await want.data(), want.shape, 1e-5, 'naive-kernel y');
+    await expectClose(conv2d(x, w, b, { stride, padding: pad, impl }), await want.data(), want.shape, 1e-5, `naive-kernel y (${impl})`);
     for (const t of [x, w, b, want]) t.dispose();
   });
 
-  it('reads inputs and the residual from views at unaligned offsets', async () => {
+  it.each(IMPLS)('reads inputs and the residual from views at unaligned offsets (%s path)', async (impl) => {
     const [n, c, h, wd, o] = [2, 3, 7, 5, 4];
     const xs = tensor(rnd([n + 1, c, h, wd]), [n + 1, c, h, wd]);
     const x = xs.view([n, c, h, wd], c * h * wd); // offset 105 elements: not 256-byte aligned
@@ -175,7 +179,7 @@ describe('conv2d vs the naive reference kernel', () => {
     const want = naiveConv2d(xc, w, null, 1, [1, 1, 1, 1]);
     const wantData = await want.data();
     const resData = await res.data();
-    const got = conv2d(x, w, undefined, { padding: 1, residual: res, act: 'silu' });
+    const got = conv2d(x, w, undefined, { padding: 1, residual: res, act: 'silu', impl });
     const expected = Float32Array.from(wantData, (v, i) => silu_(v + resData[i]));
     await expectClose(got, expected, want.shape, 1e-5, 'silu(conv(x view) + residual view)');
     for (const t of [xs, x, w, rs, res, xc, want]) t.dispose();
@@ -183,7 +187,7 @@ describe('conv2d vs the naive reference kernel', () => {
 });
 
 describe('conv2d tile paths vs a float64 CPU conv, forward and gradients', () => {
-  // [N, C, H, W, O, K, stride, padding, residual + SiLU]. The kernel picks its tile per GEMM
+  // [N, C, H, W, O, K, stride, padding, residual + SiLU]. The implicit-GEMM kernel picks its tile per GEMM
   // (forward: M = O, N = pixels; grad_input: M = C, N = input pixels of a stride phase;
   // grad_weight: M = O, N = C·K·K); these cases reach every tile convTileFor returns, with
   // several column tiles, stride 2, asymmetric padding and split weight gradients.
@@ -217,7 +221,8 @@ describe('conv2d tile paths vs a float64 CPU conv, forward and gradients', () =>
     expect([...seen].sort()).toEqual([...new Set(all)].sort());
   });
 
-  it.each(cases)('N=%i C=%i H=%i W=%i O=%i %ix%i stride %i padding %j residual+silu %s', async (n, c, h, wd, o, k, stride, pad, epi) => {
+  // the same shapes through the GEMM path: edge cases of im2col / col2im (O = 3, C = 3, stride 2, asymmetric padding)
+  it.each(IMPLS.flatMap((impl) => cases.map((c) => [...c, impl] as const)))('N=%i C=%i H=%i W=%i O=%i %ix%i stride %i padding %j residual+silu %s (%s path)', async (n, c, h, wd, o, k, stride, pad, epi, impl) => {
     const oh = Math.floor((h + pad[0] + pad[1] - k) / stride) + 1;
     const ow = Math.floor((wd + pad[2] + pad[3] - k) / stride) + 1;
     const shapes = { x: [n, c, h, wd], w: [o, c, k, k], b: [o], y: [n, o, oh, ow] };
@@ -232,7 +237,7 @@ describe('conv2d tile paths vs a float64 CPU conv, forward and gradients', () =>
     const w = tensor(wd_, shapes.w).requireGrad();
     const b = tensor(bd, shapes.b).requireGrad();
     const res = epi ? tensor(rd, shapes.y).requireGrad() : undefined;
-    const opts = { stride, padding: pad, residual: res, act: epi ? ('silu' as const) : ('none' as const) };
+    const opts = { stride, padding: pad, residual: res, act: epi ? ('silu' as const) : ('none' as const), impl };
     const fused = noGrad(() => conv2d(x, w, b, opts));
     await expectClose(fused, yWant, shapes.y, 1e-5, 'cpu y (tile paths, noGrad)');
     const y = conv2d(x, w, b, opts);
@@ -283,7 +288,7 @@ describe('conv2d with f16 storage', () => {
     [2, 8, 12, 12, 3, 3, 1, [1, 1, 1, 1], false], // 4-row tile
     [2, 6, 8, 12, 4, 1, 1, [0, 0, 0, 0], true], // 1x1: the matmul path
   ];
-  it.each(cases)('N=%i C=%i H=%i W=%i O=%i kernel %i stride %i padding %j residual+silu %s', async (n, c, h, wd, o, k, stride, pad, epi) => {
+  it.each(IMPLS.flatMap((impl) => cases.map((c) => [...c, impl] as const)))('N=%i C=%i H=%i W=%i O=%i kernel %i stride %i padding %j residual+silu %s (%s path)', async (n, c, h, wd, o, k, stride, pad, epi, impl) => {
     const oh = Math.floor((h + pad[0] + pad[1] - k) / stride) + 1;
     const ow = Math.floor((wd + pad[2] + pad[3] - k) / stride) + 1;
     const host = [rnd([n, c, h, wd]), rnd([o, c, k, k], 0.3), rnd([o]), rnd([n, o, oh, ow]), rnd([n, o, oh, ow])];
@@ -297,7 +302,7 @@ describe('conv2d with f16 storage', () => {
         return t32;
       });
       for (const t of [x, w, b, res]) t.requireGrad();
-      const y = conv2d(x, w, b, { stride, padding: pad, residual: epi ? res : undefined, act: epi ? 'silu' : 'none' });
+      const y = conv2d(x, w, b, { stride, padding: pad, residual: epi ? res : undefined, act: epi ? 'silu' : 'none', impl });
       y.backward(gy);
       return [y, x.grad!, w.grad!, b.grad!];
     };

@@ -2,12 +2,11 @@
 // gradients (kernels/conv2d.wgsl, implicit GEMM), and nearest 2x upsampling
 // (kernels/upsample.wgsl).
 import { device } from '../device.ts';
-import { record, needsGrad } from '../autograd.ts';
+import { noGrad, record, needsGrad } from '../autograd.ts';
 import { Tensor, withView } from '../tensor.ts';
 import { bindRange, grid1d } from './util.ts';
 import { add, silu } from './elementwise.ts';
-import { matmul } from './matmul.ts';
-import { reshape } from './shape.ts';
+import { matmulKernel } from './matmul.ts';
 import { sum } from './reduce.ts';
 
 /** One value for every side, or [top, bottom, left, right] (F.pad lists (left, right, top, bottom)). */
@@ -19,6 +18,9 @@ export interface Conv2dOptions {
   /** added to the output before the activation; shape of the output */
   residual?: Tensor;
   act?: 'none' | 'silu';
+  /** which kernels run it: by default the GEMM path when its column matrix fits (see below);
+   *  tests and benchmarks force one ('implicit' cannot take a plain 1x1 GEMM: it is always GEMM) */
+  impl?: 'auto' | 'gemm' | 'implicit';
 }
 
 interface Geometry {
@@ -163,22 +165,87 @@ function gradWeight(dy: Tensor, x: Tensor, g: Geometry): Tensor {
   return dw;
 }
 
-/**
- * A 1x1, stride-1, unpadded conv as the batched GEMM y[n] = W [O, C] · x[n] [C, H·W] of the
- * matmul kernel, whose register tiling outruns this file's staged tiles 2.5-4x on lavapipe
- * (process-CPU GFLOPS, forward / forward + backward, 64->128 channels 32x32 batch 8: 4.3 / 3.1
- * here, 8.0 / 11.8 as matmul; 640->320 at 64x64: 5.0 / 3.9 vs 13.9 / 12.9). Autograd comes
- * from matmul and reshape; bias, residual and SiLU run as their own ops (no fused epilogue).
- */
-function conv1x1(x: Tensor, w: Tensor, b: Tensor | undefined, res: Tensor | undefined, act: 'none' | 'silu', g: Geometry): Tensor {
-  const steps: Tensor[] = [];
-  const step = (t: Tensor): Tensor => (steps.push(t), t);
-  let y = step(matmul(step(reshape(w, [g.o, g.c])), step(reshape(x, [g.n, g.c, g.h * g.w]))));
-  if (b) y = step(add(y, step(reshape(b, [g.o, 1]))));
-  if (res) y = step(add(y, step(reshape(res, [g.n, g.o, g.h * g.w]))));
-  if (act === 'silu') y = step(silu(y));
-  const out = reshape(y, [g.n, g.o, g.h, g.w]);
-  for (const t of steps) t.dispose();
+// ---- the GEMM path --------------------------------------------------------------------------
+// conv2d as batched GEMMs on the matmul kernel around an explicit column matrix
+// (kernels/im2col.wgsl): y[n] = W [O, C·KH·KW] · cols[n], dX = col2im(Wᵀ · dY[n]),
+// dW = Σ_n dY[n] · cols[n]ᵀ (cols recomputed, not kept: backward holds x and w only, as the
+// kernel path). A 1x1, stride-1, unpadded conv is its own column matrix. The matmul kernel's
+// register tiles fed by subgroupShuffle outrun the implicit-GEMM kernel's workgroup-memory
+// tiles on lavapipe even after writing and reading the column matrix (measurements in
+// bench/README.md), so every conv whose column matrix fits COLS_BYTES takes this path and
+// the implicit GEMM serves the rest (320 channels at 128x128 needs 189 MB an image).
+const COLS_BYTES = 64 * 2 ** 20;
+
+const isPlainGemm = (g: Geometry) => g.kh === 1 && g.kw === 1 && g.stride === 1 && g.oh === g.h && g.ow === g.w;
+const colsSize = (g: Geometry) => g.n * g.c * g.kh * g.kw * g.oh * g.ow;
+
+/** Whether conv2d runs as GEMMs on the matmul kernel (see above). */
+function usesGemmPath(g: Geometry, dtype: string, impl: Conv2dOptions['impl'] = 'auto'): boolean {
+  if (isPlainGemm(g) || impl === 'gemm') return true;
+  return impl === 'auto' && colsSize(g) * (dtype === 'f16' ? 2 : 4) <= COLS_BYTES;
+}
+
+function colsLaunch(entry: 'im2col' | 'col2im', src: Tensor, shape: number[], g: Geometry): Tensor {
+  const out = Tensor.empty(shape, src.dtype);
+  const r = bindRange(src);
+  const threads = entry === 'im2col' ? out.size / g.ow : out.size; // im2col: a thread per output row
+  device().dispatch({
+    kernel: 'im2col',
+    entry,
+    defines: { T: src.dtype },
+    buffers: [r.binding, out.binding()],
+    params: [g.c, g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.stride, g.padT, g.padL, r.elemOffset, threads],
+    workgroups: grid1d(threads),
+  });
+  return out;
+}
+
+/** cols [N, C·KH·KW, OH·OW] (x itself, viewed, for a plain GEMM). */
+const columns = (x: Tensor, g: Geometry): Tensor =>
+  isPlainGemm(g) ? x.view([g.n, g.c, g.h * g.w]) : colsLaunch('im2col', x, [g.n, g.c * g.kh * g.kw, g.oh * g.ow], g);
+
+// Raw launches: conv2d records the op itself.
+const gemmForward = (x: Tensor, w: Tensor, b: Tensor | undefined, res: Tensor | undefined, act: 'none' | 'silu', g: Geometry): Tensor =>
+  noGrad(() => gemmForwardRaw(x, w, b, res, act, g));
+
+function gemmForwardRaw(x: Tensor, w: Tensor, b: Tensor | undefined, res: Tensor | undefined, act: 'none' | 'silu', g: Geometry): Tensor {
+  const cols = columns(x, g);
+  const w2 = w.view([g.o, g.c * g.kh * g.kw]);
+  // the residual goes in before the activation: then SiLU runs as its own op
+  let y = matmulKernel(w2, cols, { rowBias: b, act: res ? 'none' : act });
+  for (const t of [cols, w2]) t.dispose();
+  if (res) {
+    const pre = y;
+    y = withView(res, pre.shape, (r) => add(pre, r));
+    pre.dispose();
+    if (act === 'silu') {
+      const s = silu(y);
+      y.dispose();
+      y = s;
+    }
+  }
+  const out = y.view([g.n, g.o, g.oh, g.ow]);
+  y.dispose();
+  return out;
+}
+
+function gemmGradInput(dy: Tensor, w: Tensor, g: Geometry): Tensor {
+  const w2 = w.view([g.o, g.c * g.kh * g.kw]);
+  const dcols = withView(dy, [g.n, g.o, g.oh * g.ow], (d) => matmulKernel(w2, d, { transA: true }));
+  w2.dispose();
+  const dx = isPlainGemm(g) ? dcols.view([g.n, g.c, g.h, g.w]) : colsLaunch('col2im', dcols, [g.n, g.c, g.h, g.w], g);
+  dcols.dispose();
+  return dx;
+}
+
+function gemmGradWeight(dy: Tensor, x: Tensor, g: Geometry): Tensor {
+  const cols = columns(x, g);
+  const per = withView(dy, [g.n, g.o, g.oh * g.ow], (d) => matmulKernel(d, cols, { transB: true }));
+  cols.dispose();
+  const dw = g.n > 1 ? sum(per, 0) : per.view(per.shape.slice(1));
+  per.dispose();
+  const out = dw.view([g.o, g.c, g.kh, g.kw]);
+  dw.dispose();
   return out;
 }
 
@@ -193,21 +260,21 @@ export function conv2d(x: Tensor, w: Tensor, b?: Tensor, opts: Conv2dOptions = {
   const g = geometry(x, w, b, opts);
   const act = opts.act ?? 'none';
   const res = opts.residual;
-  if (g.kh === 1 && g.kw === 1 && g.stride === 1 && g.oh === g.h && g.ow === g.w) return conv1x1(x, w, b, res, act, g);
   if (act !== 'none' && needsGrad(x, w, b, res)) {
     const pre = conv2d(x, w, b, { ...opts, act: 'none' });
     const y = silu(pre);
     pre.dispose();
     return y;
   }
-  const y = forward(x, w, b, res, act, g);
+  const gemm = usesGemmPath(g, x.dtype, opts.impl);
+  const y = (gemm ? gemmForward : forward)(x, w, b, res, act, g);
   // Save only what the needed gradients read: dX reads w, dW reads x.
   const wantX = needsGrad(x);
   const wantW = needsGrad(w);
   const saved = [...(wantW ? [x] : []), ...(wantX ? [w] : [])];
   return record('conv2d', y, [x, w, b ?? null, res ?? null], saved, (dy, s) => [
-    wantX ? gradInput(dy, s[s.length - 1], g) : null,
-    wantW ? gradWeight(dy, s[0], g) : null,
+    wantX ? (gemm ? gemmGradInput : gradInput)(dy, s[s.length - 1], g) : null,
+    wantW ? (gemm ? gemmGradWeight : gradWeight)(dy, s[0], g) : null,
     b ? withView(dy, [g.n, g.o, g.oh * g.ow], (v) => sum(v, [0, 2])) : null,
     res ? dy.view(dy.shape) : null,
   ]);

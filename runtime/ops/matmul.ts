@@ -50,9 +50,15 @@ export interface MatmulOptions {
   act?: Activation;
 }
 
+/** The kernel's options without autograd (matmulKernel): also a bias per row. */
+export interface MatmulKernelOptions extends MatmulOptions {
+  /** [M], added to every column (conv2d's GEMM path: one per output channel); not with bias */
+  rowBias?: Tensor;
+}
+
 /** Launches the kernel for a [batch..., M, K] x [batch..., K, N] product (no autograd). */
-function launch(a: Tensor, b: Tensor, o: MatmulOptions, tile?: MatmulTile): Tensor {
-  for (const t of [a, b, o.bias]) t?.assertLive();
+function launch(a: Tensor, b: Tensor, o: MatmulKernelOptions, tile?: MatmulTile): Tensor {
+  for (const t of [a, b, o.bias, o.rowBias]) t?.assertLive();
   if (tile && tile.tm % tile.group !== 0) throw new Error(`matmul: tile rows ${tile.tm} must be a multiple of the lane group ${tile.group}`);
   if (tile && tile.group > 1 && !device().hasSubgroups) throw new Error(`matmul: a lane group of ${tile.group} needs the adapter's 'subgroups' feature`);
   if (a.rank < 2 || b.rank < 2) throw new Error(`matmul needs rank >= 2 operands, got [${a.shape}] and [${b.shape}]`);
@@ -65,6 +71,8 @@ function launch(a: Tensor, b: Tensor, o: MatmulOptions, tile?: MatmulTile): Tens
     throw new Error(`matmul: inner dimensions differ: [${a.shape}]${o.transA ? 'ᵀ' : ''} x [${b.shape}]${o.transB ? 'ᵀ' : ''}`);
   if (o.bias && (o.bias.rank !== 1 || o.bias.shape[0] !== n)) throw new Error(`matmul: bias [${o.bias.shape}] must be [${n}]`);
   if (o.bias && o.bias.dtype !== a.dtype) throw new Error(`matmul: bias dtype ${o.bias.dtype} differs from the operands' ${a.dtype}`);
+  if (o.rowBias && (o.bias || o.rowBias.rank !== 1 || o.rowBias.shape[0] !== m || o.rowBias.dtype !== a.dtype))
+    throw new Error(`matmul: rowBias [${o.rowBias.shape}] ${o.rowBias.dtype} must be [${m}] ${a.dtype}, without bias`);
   const batchA = a.shape.slice(0, -2);
   const batchB = b.shape.slice(0, -2);
   const batch = broadcastShapes(batchA, batchB);
@@ -82,7 +90,8 @@ function launch(a: Tensor, b: Tensor, o: MatmulOptions, tile?: MatmulTile): Tens
   const sB = strideOf(fb, batchB);
   const ra = bindRange(fa);
   const rb = bindRange(fb);
-  const rbias = bindRange(o.bias ?? a);
+  const bias = o.bias ?? o.rowBias;
+  const rbias = bindRange(bias ?? a);
   // vec4 reads need the contiguous axis and the start to be multiples of 4 elements.
   const vecA = !o.transA && k % 4 === 0 && ra.elemOffset % 4 === 0;
   const vecB = (o.transB ? k % 4 === 0 : n % 4 === 0) && rb.elemOffset % 4 === 0;
@@ -100,7 +109,7 @@ function launch(a: Tensor, b: Tensor, o: MatmulOptions, tile?: MatmulTile): Tens
       TA: o.transA ? 1 : 0, TB: o.transB ? 1 : 0, WX: t.wx, VEC_A: vecA ? 1 : 0, VEC_B: vecB ? 1 : 0,
     },
     buffers: [ra.binding, rb.binding, rbias.binding, out.binding(), vec4View(ra.binding), vec4View(rb.binding)],
-    params: [m, n, k, sA, sB, m * n, ra.elemOffset, rb.elemOffset, 0, rbias.elemOffset, o.bias ? 1 : 0, ACT[o.act ?? 'none']],
+    params: [m, n, k, sA, sB, m * n, ra.elemOffset, rb.elemOffset, 0, rbias.elemOffset, o.bias ? 1 : o.rowBias ? 2 : 0, ACT[o.act ?? 'none']],
     workgroups: [Math.ceil(n / (4 * t.tn4 * t.wx)), Math.ceil(m / t.tm), nb],
   });
   if (fa !== a) fa.dispose();
@@ -149,8 +158,8 @@ export function matmul(a: Tensor, b: Tensor, o: MatmulOptions = {}): Tensor {
 
 const mm = (x: Tensor, y: Tensor, transA: boolean, transB: boolean): Tensor => launch(x, y, { transA, transB });
 
-/** One launch of the kernel with an explicit tile: no autograd, no batch folding (tests, benchmarks). */
-export const matmulKernel = (a: Tensor, b: Tensor, o: MatmulOptions, tile: MatmulTile): Tensor => launch(a, b, o, tile);
+/** One launch of the kernel, with an explicit tile or the default one: no autograd, no batch folding (conv2d's GEMM path, tests, benchmarks). */
+export const matmulKernel = (a: Tensor, b: Tensor, o: MatmulKernelOptions, tile?: MatmulTile): Tensor => launch(a, b, o, tile);
 
 /** y = x Wᵀ + b with W [out, in], as torch.nn.functional.linear. */
 export const linear = (x: Tensor, w: Tensor, b?: Tensor, act: Activation = 'none'): Tensor =>

@@ -4,7 +4,8 @@
 # MSE, vq + commitment + --ent entropy) and optimiser. --kmeans seeds the codebook by spherical
 # k-means of the initial encoder's features of --kn training images (--pp: k-means++ seeding).
 # Prints held-out PSNR / SSIM (a 16 px output is scored resized bicubic to 32 px) / code usage,
-# and the mean-colour error; SAVE=file.png writes 8 held-out images over their reconstructions.
+# and the mean-colour error; SAVE=file.png writes 8 held-out images over their reconstructions,
+# DUMP=file.u8 all 256 (scored by the GenEval checker: geneval-dump.ts).
 #   /usr/bin/python3 vq.py --steps 400                              # the recipe
 #   /usr/bin/python3 vq.py --steps 300 --ent 0 --mse 0 --dec32 1    # the former recipe
 import sys, os, argparse
@@ -66,6 +67,8 @@ for i in range(a.steps):
 with torch.no_grad():
     zq, _, ids = quant(enc(HO16)); yh = dec(zq, True).clamp(-1, 1)
     print(f'mean-colour error {((yh.mean((2, 3)) - HO32.mean((2, 3))) * 127.5).abs().mean().item():.1f} levels of 255')
+    if os.environ.get('DUMP'):  # the 256 held-out reconstructions, uint8 HWC, for tools/train/pytorch/geneval-dump.ts
+        open(os.environ['DUMP'], 'wb').write(((yh * .5 + .5) * 255).round().byte().permute(0, 2, 3, 1).contiguous().numpy().tobytes())
     if os.environ.get('SAVE'):
         from PIL import Image
         im = torch.cat([torch.cat(list(HO32[:8]), 2), torch.cat(list(yh[:8]), 2)], 1)
