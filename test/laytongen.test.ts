@@ -22,7 +22,7 @@ import { loadUNet } from '../models/unet.ts';
 import { loadVae } from '../models/vae.ts';
 import { loadVQModel } from '../models/vq.ts';
 import { type RgbImage, imagesToTensor, readImage, toImage, toRgb8 } from '../tools/image.ts';
-import { decodeVq } from '../tools/reconstruct.ts';
+import { decodeVq, laytonInfo, openLayton } from '../tools/reconstruct.ts';
 import { psnr } from '../tools/metrics.ts';
 import { scoreImage } from '../tools/geneval.ts';
 import { laytonDir, modelDir, saveLaytonDir } from '../tools/modeldir.ts';
@@ -31,7 +31,7 @@ import { GENEVAL_CATEGORIES, World, splitOf } from '../tools/world.ts';
 import { buildWorldTokenizer, encodeWorldCaptions, loadTextEncoderDir, worldTextEncoder, worldWords } from '../tools/laytongen/text.ts';
 import { laytonGenGptConfig, laytonGenTokens, setLoss, trainLaytonGen } from '../tools/laytongen/train.ts';
 import { type LaytonGen, generateWith, openLaytonGen } from '../tools/laytongen/generate.ts';
-import { evalGenevalWith, genevalCaptions } from '../tools/laytongen/geneval.ts';
+import { evalGenevalReconstructedWith, evalGenevalWith, genevalCaptions } from '../tools/laytongen/geneval.ts';
 import { expectOneLineError, runCli } from './helpers/cli.ts';
 
 const fixture = (name: string) => modelDir(fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url)));
@@ -302,6 +302,28 @@ describe('layton-run generate / eval geneval', () => {
     expect(j.captions).toBe(2);
     expect(Object.keys(j.categories).sort()).toEqual(['single_object', 'two_object']);
     expect(j.overall).toBeCloseTo((j.categories.single_object + j.categories.two_object) / 2, 12);
+  });
+
+  it('eval geneval --reconstructed scores the tokenizer on the world\'s own images of the captions', async () => {
+    const r = await run('eval', 'geneval', '--model', root, '--captions', '2', '--reconstructed', '--decoder', 'vq', '--json');
+    expect(r.status, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect([j.source, j.decoder, j.captions, j.cfg]).toEqual(['reconstructed', 'vq', 2, 1]);
+    expect(Object.values(j.counts).map((c) => (c as { total: number }).total)).toEqual(genevalCaptions(2).map((c) => c.images));
+    // the scored images are the plain VQ decoder's of the tokens of the world's renders of each caption
+    const m = await openLayton(await laytonInfo(root));
+    const world = new World();
+    const scored: RgbImage[] = [];
+    const res = await evalGenevalReconstructedWith(m, { nCaptions: 2, minPerCategory: 2, decoder: 'vq', onScore: (_, img) => scored.push(img) });
+    const rows = genevalCaptions(2, 1, 2).flatMap((c) => Array.from({ length: c.images }, (_, k) => toImage(toRgb8(world.sampleCaption(c.spec, k, 32).image))));
+    expect(rows.length).toBe(4);
+    const ids = tidy(() => noGrad(() => m.tokenize(imagesToTensor(rows.map((i) => tokenizerCopy(i, 16))))));
+    const flat = (await ids.data()) as Int32Array;
+    ids.dispose();
+    const want = await decodeVq(m, rows.map((_, i) => flat.slice(i * 64, (i + 1) * 64)), [8, 8]);
+    m.dispose();
+    expect(scored.map((img) => Array.from(img.data))).toEqual(want.map((img) => Array.from(img.data)));
+    expect(res.images).toBe(4);
   });
 
   it('demo writes inputs, reconstructions and generations, printing the PSNR of the written files', async () => {

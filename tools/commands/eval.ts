@@ -55,17 +55,23 @@ export const registerEval = <T>(y: Argv<T>) =>
             .option('top-p', { type: 'number', default: 1, describe: 'nucleus sampling mass' })
             .option('temperature', { type: 'number', default: 1, describe: 'softmax temperature' })
             .option('batch', { type: 'number', default: 32, describe: 'images generated together' })
-            .option('json', { type: 'boolean', default: false, describe: 'print {"overall", "categories": {...}, "decoder", "captions", "images", "cfg", "seed", "seconds"}' }),
+            .option('reconstructed', {
+              type: 'boolean', default: false,
+              describe: 'score the tokenizer instead of the GPT: the world\'s own images of the same captions, tokenised and decoded (what a GPT producing real images\' tokens would score; needs no gpt/)',
+            })
+            .option('json', { type: 'boolean', default: false, describe: 'print {"overall", "categories": {...}, "source", "decoder", "captions", "images", "cfg", "seed", "seconds"}' }),
         async (a) => {
           positiveInt(a.captions, 'captions');
           positiveInt(a.batch, 'batch');
           if (!(Number.isFinite(a.cfg) && a.cfg >= 1)) throw new Error(`--cfg must be a number >= 1, got ${a.cfg}`);
           const r = await evalGeneval({
             root: a.model, cfg: a.cfg, nCaptions: a.captions, seed: a.seed, steps: a.steps, decoder: a.decoder as 'layton' | 'vq', topK: a['top-k'], topP: a['top-p'], temperature: a.temperature, batch: a.batch, log: note,
+            reconstructed: a.reconstructed,
           });
           if (a.json) return void process.stdout.write(JSON.stringify(r) + '\n');
           const rows = Object.entries(r.counts).map(([k, c]) => `${k.padEnd(14)} ${(c.correct / c.total).toFixed(3)} (${c.correct}/${c.total})`);
-          process.stdout.write([`mini-GenEval, cfg ${r.cfg}, ${r.decoder} decoder: ${r.images} images of ${r.captions} held-out captions (${r.seconds.toFixed(1)} s)`, ...rows, `${'overall'.padEnd(14)} ${r.overall.toFixed(3)}`].join('\n') + '\n');
+          const what = r.source === 'reconstructed' ? 'reconstructions of the world\'s images' : `cfg ${r.cfg}`;
+          process.stdout.write([`mini-GenEval, ${what}, ${r.decoder} decoder: ${r.images} images of ${r.captions} held-out captions (${r.seconds.toFixed(1)} s)`, ...rows, `${'overall'.padEnd(14)} ${r.overall.toFixed(3)}`].join('\n') + '\n');
         },
       )
       .demandCommand(1, 'name what to evaluate (see eval --help)'),

@@ -8,8 +8,11 @@
 // default 200 that is every single_object (2), two_object (6), colors (12) and counting (42)
 // caption and 69 each of position and color_attr. A category with few captions gets several
 // images per caption, so that each category holds at least minPerCategory images.
+import { Generator } from '../../runtime/index.ts';
+import type { Layton } from '../../models/layton.ts';
 import { type RgbImage } from '../image.ts';
 import { type ScoreResult, type Summary, scoreImage, summarise } from '../geneval.ts';
+import { as8bit, decode, decodeVq, encode, laytonInfo, openLayton, prepare } from '../reconstruct.ts';
 import { type CaptionSpec, GENEVAL_CATEGORIES, hash32 } from '../world.ts';
 import { trainWorld } from '../train/stage.ts';
 import { type LaytonGen, generateWith, openLaytonGen } from './generate.ts';
@@ -66,6 +69,8 @@ export interface GenevalOptions {
 }
 
 export interface GenevalResult extends Summary {
+  /** generated: the GPT's images; reconstructed: the tokenizer's ceiling (evalGenevalReconstructed) */
+  source: 'generated' | 'reconstructed';
   decoder: 'layton' | 'vq';
   captions: number;
   images: number;
@@ -97,11 +102,53 @@ export async function evalGenevalWith(m: LaytonGen, o: Omit<GenevalOptions, 'roo
     const right = results.filter((r) => r.correct).length;
     o.log?.(`geneval: ${results.length}/${rows.length} images, ${right} correct (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   }
-  return { ...summarise(results), decoder: o.decoder ?? 'layton', captions: list.length, images: rows.length, cfg, seed, seconds: (performance.now() - t0) / 1000 };
+  return { ...summarise(results), source: 'generated', decoder: o.decoder ?? 'layton', captions: list.length, images: rows.length, cfg, seed, seconds: (performance.now() - t0) / 1000 };
 }
 
-/** mini-GenEval of the model at `root` (loaded for the call). */
-export async function evalGeneval(o: GenevalOptions): Promise<GenevalResult> {
+/**
+ * The tokenizer's ceiling on the same table: instead of generating, each caption's images are
+ * the world's own renders of it (sampleCaption index 0, 1, ...), tokenised by Layton's encoder
+ * and decoded by Layton (or the plain VQ decoder): what a GPT that produced the tokens of real
+ * images would score. The GPT is not read; cfg and sampling options do not apply (cfg is
+ * reported as 1).
+ */
+export async function evalGenevalReconstructedWith(m: Layton, o: Omit<GenevalOptions, 'root'>): Promise<GenevalResult> {
+  const t0 = performance.now();
+  const seed = o.seed ?? 0;
+  const list = genevalCaptions(o.nCaptions, o.perCaption, o.minPerCategory);
+  const rows = list.flatMap((c) => Array.from({ length: c.images }, (_, k) => [c.spec, k] as const));
+  const batch = o.batch ?? 32;
+  const world = trainWorld();
+  const size = m.config.imageSize;
+  const results: ScoreResult[] = [];
+  for (let start = 0, b = 0; start < rows.length; start += batch, b++) {
+    const part = rows.slice(start, start + batch);
+    const prepared = part.map(([spec, k]) => prepare(as8bit(world.sampleCaption(spec, k, size).image), m.config));
+    const tokens = await encode(m, prepared.map((p) => p.small));
+    const side = Math.round(Math.sqrt(tokens[0].length));
+    const grid: [number, number] = [side, side];
+    const images = o.decoder === 'vq' ? await decodeVq(m, tokens, grid) : await decode(m, tokens, grid, o.steps ?? 1, new Generator(seed * 1_000_003 + b));
+    images.forEach((img, k) => {
+      const r = scoreImage(img, part[k][0]);
+      results.push(r);
+      o.onScore?.(r, img);
+    });
+    const right = results.filter((r) => r.correct).length;
+    o.log?.(`geneval (reconstructed): ${results.length}/${rows.length} images, ${right} correct (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  }
+  return { ...summarise(results), source: 'reconstructed', decoder: o.decoder ?? 'layton', captions: list.length, images: rows.length, cfg: 1, seed, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** mini-GenEval of the model at `root` (loaded for the call); reconstructed: the tokenizer's ceiling (Layton only). */
+export async function evalGeneval(o: GenevalOptions & { reconstructed?: boolean }): Promise<GenevalResult> {
+  if (o.reconstructed) {
+    const m = await openLayton(await laytonInfo(o.root));
+    try {
+      return await evalGenevalReconstructedWith(m, o);
+    } finally {
+      m.dispose();
+    }
+  }
   const m = await openLaytonGen(o.root);
   try {
     return await evalGenevalWith(m, o);
