@@ -29,13 +29,13 @@ import { type CaptionEncoder, encodeWorldCaptions, saveTextEncoder, worldTextEnc
 
 /**
  * Steps and batch of the shipped recipe, sized for the stage's 45 minutes on the 2-core
- * software adapter. Measured (under a load average of 20-27 from other jobs): one GPT_CONFIG
- * step at batch 32 takes 9.5 s of CPU (forward 2.9, backward 6.4, captions and AdamW 0.3; about
- * 62 GFLOP) and 30 s of wall time; tokenising a cached image takes about 40 ms of CPU. On an
- * idle machine (CPU time over 2 cores) that is about 5 s a step: 400 steps plus the 8,448
- * cached images come to about 36 minutes.
+ * software adapter. Measured: a GPT_CONFIG (dim 128) step at batch 32 takes about 2.2 s on an
+ * idle machine (4.5 s beside another training process; batch 64 twice that), the former dim-256
+ * model's about 5 s (9.5 s of CPU under heavy load: forward 2.9, backward 6.4, captions and
+ * AdamW 0.3; about 62 GFLOP); tokenising a cached image takes about 40 ms of CPU. 800 steps
+ * plus the 8,448 cached images come to about 35 minutes.
  */
-export const LAYTONGEN_DEFAULTS = { steps: 400, batch: 32 };
+export const LAYTONGEN_DEFAULTS = { steps: 800, batch: 32 };
 
 /** Settings besides StageOptions (tests shrink them; the defaults are the shipped recipe's). */
 export interface LaytonGenTuning {
