@@ -184,6 +184,30 @@ describe('tuned kernel vs naive', () => {
     }
   });
 
+  it('adds a per-row bias (rowBias, conv2d\'s GEMM path) before the activation, against float64 CPU code', async () => {
+    // [batch 3, 37 x 20] x shared [20 x 45]: rows span two 32-row tiles
+    const [bt, m, k, n] = [3, 37, 20, 45];
+    const [ad, bd, rd] = [rand(bt * m * k), rand(k * n), rand(m)];
+    for (const transA of [false, true]) {
+      const a = transA ? up(Float32Array.from(ref.transpose(ref.arr(ad, [bt, m, k])).data), [bt, k, m]) : up(ad, [bt, m, k]);
+      const [b, r] = [up(bd, [k, n]), up(rd, [m])];
+      const y = matmulKernel(a, b, { transA, rowBias: r, act: 'relu' });
+      const got = await y.data();
+      y.dispose();
+      let err = 0;
+      for (let z = 0; z < bt; z++)
+        for (let i = 0; i < m; i++)
+          for (let j = 0; j < n; j++) {
+            let v = rd[i];
+            for (let q = 0; q < k; q++) v += ad[(z * m + i) * k + q] * bd[q * n + j];
+            err = Math.max(err, Math.abs(got[(z * m + i) * n + j] - Math.max(v, 0)));
+          }
+      expect(err, `transA ${transA}`).toBeLessThan(1e-4);
+      expect(() => matmulKernel(a, b, { transA, rowBias: b })).toThrow(/rowBias \[20,45\] f32 must be \[37\] f32, without bias/);
+      for (const t of [a, b, r]) t.dispose();
+    }
+  });
+
   it('rejects a tile whose rows are not a multiple of its lane group', () => {
     const a = up(rand(16), [4, 4]);
     expect(() => matmulKernel(a, a, {}, { tm: 12, tn4: 1, wx: 8, group: 8 })).toThrow(/multiple of the lane group/);
