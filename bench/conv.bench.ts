@@ -10,7 +10,7 @@
 // the implicit-GEMM kernel it keeps for convs whose column matrix is over its budget.
 // Run: npm run bench -- --filter conv2d
 import { defineBench } from './harness.ts';
-import { type Tensor, conv2d, randn, tidy } from '../runtime/index.ts';
+import { type Conv2dOptions, type Tensor, conv2d, randn, tidy } from '../runtime/index.ts';
 import { naiveConv2d } from './reference/conv2d.ts';
 import { tfjsConv2d } from './peers/tfjs.ts';
 
@@ -32,29 +32,35 @@ function conv3x3(c: number, hw: number, what = ''): void {
   });
 }
 
-const C = 320;
-for (const hw of [32, 64, 128]) conv3x3(C, hw);
-conv3x3(128, 256, ' (LlamaGen VQ encoder)');
-
-{
-  const hw = 64;
+/** A c->c 3x3 conv's forward + backward (gradients of x and w) on [n, c, hw, hw]. */
+function convFwdBwd(name: string, n: number, c: number, hw: number, opts: Conv2dOptions): void {
+  const o = hw / (opts.stride ?? 1);
   defineBench({
-    name: `conv2d 3x3 ${C}->${C} ${hw}x${hw} fwd + bwd f32`,
+    name,
     group: 'conv2d',
-    flops: 3 * 2 * C * C * 9 * hw * hw,
+    flops: 3 * 2 * n * c * c * 9 * o * o,
     setup: () => ({
-      x: randn([1, C, hw, hw]).requireGrad(),
-      w: randn([C, C, 3, 3], { std: 0.02 }).requireGrad(),
-      dy: randn([1, C, hw, hw]),
+      x: randn([n, c, hw, hw]).requireGrad(),
+      w: randn([c, c, 3, 3], { std: 0.02 }).requireGrad(),
+      dy: randn([n, c, o, o]),
     }),
     run: ({ x, w, dy }) => {
-      tidy(() => conv2d(x, w, undefined, { padding: 1 }).backward(dy));
+      tidy(() => conv2d(x, w, undefined, opts).backward(dy));
       for (const t of [x, w] as Tensor[]) {
         t.grad?.dispose();
         t.grad = null;
       }
     },
   });
+}
+
+const C = 320;
+for (const hw of [32, 64, 128]) conv3x3(C, hw);
+conv3x3(128, 256, ' (LlamaGen VQ encoder)');
+
+{
+  const hw = 64;
+  convFwdBwd(`conv2d 3x3 ${C}->${C} ${hw}x${hw} fwd + bwd f32`, 1, C, hw, { padding: 1 });
   defineBench({
     name: `conv2d 1x1 640->${C} ${hw}x${hw} f32`,
     group: 'conv2d',
@@ -79,24 +85,8 @@ conv3x3(128, 256, ' (LlamaGen VQ encoder)');
 // at 32x32, and a stride-2 downsample with diffusers' (0, 1, 0, 1) padding
 const TRAINING: [number, number, number, number][] = [[8, 64, 16, 1], [8, 128, 8, 1], [8, 32, 32, 1], [8, 64, 16, 2]];
 for (const [n, c, hw, stride] of TRAINING) {
-  const o = hw / stride;
   for (const impl of ['gemm', 'implicit'] as const) {
-    defineBench({
-      name: `conv2d 3x3${stride > 1 ? ' stride 2' : ''} ${c}->${c} ${hw}x${hw} batch ${n} fwd + bwd f32 (${impl === 'gemm' ? 'GEMM path' : 'implicit GEMM'})`,
-      group: 'conv2d',
-      flops: 3 * 2 * n * c * c * 9 * o * o,
-      setup: () => ({
-        x: randn([n, c, hw, hw]).requireGrad(),
-        w: randn([c, c, 3, 3], { std: 0.02 }).requireGrad(),
-        dy: randn([n, c, o, o]),
-      }),
-      run: ({ x, w, dy }) => {
-        tidy(() => conv2d(x, w, undefined, { stride, padding: stride > 1 ? [0, 1, 0, 1] : 1, impl }).backward(dy));
-        for (const t of [x, w] as Tensor[]) {
-          t.grad?.dispose();
-          t.grad = null;
-        }
-      },
-    });
+    const name = `conv2d 3x3${stride > 1 ? ' stride 2' : ''} ${c}->${c} ${hw}x${hw} batch ${n} fwd + bwd f32 (${impl === 'gemm' ? 'GEMM path' : 'implicit GEMM'})`;
+    convFwdBwd(name, n, c, hw, { stride, padding: stride > 1 ? [0, 1, 0, 1] : 1, impl });
   }
 }

@@ -1,5 +1,6 @@
 // 2D convolution (NCHW, groups = 1) with a fused bias / residual / SiLU epilogue and its
-// gradients (kernels/conv2d.wgsl, implicit GEMM), and nearest 2x upsampling
+// gradients: GEMMs on the matmul kernel around a column matrix (kernels/im2col.wgsl) where that
+// fits, the implicit-GEMM kernel (kernels/conv2d.wgsl) otherwise; and nearest 2x upsampling
 // (kernels/upsample.wgsl).
 import { device } from '../device.ts';
 import { noGrad, record, needsGrad } from '../autograd.ts';

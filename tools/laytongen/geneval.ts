@@ -79,30 +79,45 @@ export interface GenevalResult extends Summary {
   seconds: number;
 }
 
-/** mini-GenEval of a loaded model (see the header). */
-export async function evalGenevalWith(m: LaytonGen, o: Omit<GenevalOptions, 'root'>): Promise<GenevalResult> {
+/** An image to score: its caption and its index among that caption's images. */
+type Row = readonly [spec: CaptionSpec, index: number];
+
+/**
+ * The table's loop, whatever makes the images: the captions' rows in batches (one `images` call
+ * each, given the batch's seed, so progress is logged and memory stays at one batch), each image
+ * scored against its caption.
+ */
+async function scoreRows(
+  source: GenevalResult['source'], cfg: number, o: Omit<GenevalOptions, 'root'>,
+  images: (part: readonly Row[], seed: number) => Promise<RgbImage[]>,
+): Promise<GenevalResult> {
   const t0 = performance.now();
-  const cfg = o.cfg ?? 2;
   const seed = o.seed ?? 0;
   const list = genevalCaptions(o.nCaptions, o.perCaption, o.minPerCategory);
-  const rows = list.flatMap((c) => new Array<CaptionSpec>(c.images).fill(c.spec));
+  const rows = list.flatMap((c) => Array.from({ length: c.images }, (_, k): Row => [c.spec, k]));
   const batch = o.batch ?? 32;
   const results: ScoreResult[] = [];
-  // one generateWith call per batch, so progress is logged and memory stays at one batch
   for (let start = 0, b = 0; start < rows.length; start += batch, b++) {
     const part = rows.slice(start, start + batch);
-    const { images } = await generateWith(m, {
-      captions: part.map((s) => s.caption), cfg, seed: seed * 1_000_003 + b, topK: o.topK, topP: o.topP, temperature: o.temperature, steps: o.steps, decoder: o.decoder, batch,
-    });
-    images.forEach((img, k) => {
-      const r = scoreImage(img, part[k]);
+    (await images(part, seed * 1_000_003 + b)).forEach((img, k) => {
+      const r = scoreImage(img, part[k][0]);
       results.push(r);
       o.onScore?.(r, img);
     });
     const right = results.filter((r) => r.correct).length;
-    o.log?.(`geneval: ${results.length}/${rows.length} images, ${right} correct (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+    o.log?.(`geneval${source === 'reconstructed' ? ' (reconstructed)' : ''}: ${results.length}/${rows.length} images, ${right} correct (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   }
-  return { ...summarise(results), source: 'generated', decoder: o.decoder ?? 'layton', captions: list.length, images: rows.length, cfg, seed, seconds: (performance.now() - t0) / 1000 };
+  return { ...summarise(results), source, decoder: o.decoder ?? 'layton', captions: list.length, images: rows.length, cfg, seed, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** mini-GenEval of a loaded model (see the header). */
+export function evalGenevalWith(m: LaytonGen, o: Omit<GenevalOptions, 'root'>): Promise<GenevalResult> {
+  const cfg = o.cfg ?? 2;
+  const batch = o.batch ?? 32;
+  return scoreRows('generated', cfg, o, async (part, seed) =>
+    (await generateWith(m, {
+      captions: part.map(([s]) => s.caption), cfg, seed, topK: o.topK, topP: o.topP, temperature: o.temperature, steps: o.steps, decoder: o.decoder, batch,
+    })).images);
 }
 
 /**
@@ -112,31 +127,16 @@ export async function evalGenevalWith(m: LaytonGen, o: Omit<GenevalOptions, 'roo
  * images would score. The GPT is not read; cfg and sampling options do not apply (cfg is
  * reported as 1).
  */
-export async function evalGenevalReconstructedWith(m: Layton, o: Omit<GenevalOptions, 'root'>): Promise<GenevalResult> {
-  const t0 = performance.now();
-  const seed = o.seed ?? 0;
-  const list = genevalCaptions(o.nCaptions, o.perCaption, o.minPerCategory);
-  const rows = list.flatMap((c) => Array.from({ length: c.images }, (_, k) => [c.spec, k] as const));
-  const batch = o.batch ?? 32;
+export function evalGenevalReconstructedWith(m: Layton, o: Omit<GenevalOptions, 'root'>): Promise<GenevalResult> {
   const world = trainWorld();
   const size = m.config.imageSize;
-  const results: ScoreResult[] = [];
-  for (let start = 0, b = 0; start < rows.length; start += batch, b++) {
-    const part = rows.slice(start, start + batch);
+  return scoreRows('reconstructed', 1, o, async (part, seed) => {
     const prepared = part.map(([spec, k]) => prepare(as8bit(world.sampleCaption(spec, k, size).image), m.config));
     const tokens = await encode(m, prepared.map((p) => p.small));
     const side = Math.round(Math.sqrt(tokens[0].length));
     const grid: [number, number] = [side, side];
-    const images = o.decoder === 'vq' ? await decodeVq(m, tokens, grid) : await decode(m, tokens, grid, o.steps ?? 1, new Generator(seed * 1_000_003 + b));
-    images.forEach((img, k) => {
-      const r = scoreImage(img, part[k][0]);
-      results.push(r);
-      o.onScore?.(r, img);
-    });
-    const right = results.filter((r) => r.correct).length;
-    o.log?.(`geneval (reconstructed): ${results.length}/${rows.length} images, ${right} correct (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
-  }
-  return { ...summarise(results), source: 'reconstructed', decoder: o.decoder ?? 'layton', captions: list.length, images: rows.length, cfg: 1, seed, seconds: (performance.now() - t0) / 1000 };
+    return o.decoder === 'vq' ? decodeVq(m, tokens, grid) : decode(m, tokens, grid, o.steps ?? 1, new Generator(seed));
+  });
 }
 
 /** mini-GenEval of the model at `root` (loaded for the call); reconstructed: the tokenizer's ceiling (Layton only). */

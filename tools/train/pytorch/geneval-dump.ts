@@ -6,22 +6,18 @@ import { readFileSync } from 'node:fs';
 import { World } from '../../world.ts';
 import { scoreImage, summarise } from '../../geneval.ts';
 import { IMAGE_SIZE } from '../configs.ts';
+import { toImage } from '../../pixels.ts';
 const S = IMAGE_SIZE;
 const buf = readFileSync(process.argv[2]);
 const n = buf.length / (S * S * 3);
 if (!Number.isInteger(n)) throw new Error(`${process.argv[2]}: ${buf.length} bytes are not whole ${S}x${S} RGB images`);
 const w = new World();
-const chw = (px: Uint8Array) => {
-  const d = new Float32Array(3 * S * S);
-  for (let i = 0; i < S * S; i++) for (let c = 0; c < 3; c++) d[c * S * S + i] = px[i * 3 + c] / 255;
-  return { width: S, height: S, data: d };
-};
 const real: ReturnType<typeof scoreImage>[] = [];
 const rec: ReturnType<typeof scoreImage>[] = [];
 for (let i = 0; i < n; i++) {
   const s = w.sample('heldout', i, S);
   real.push(scoreImage(s.image, s.spec));
-  rec.push(scoreImage(chw(buf.subarray(i * S * S * 3, (i + 1) * S * S * 3)), s.spec));
+  rec.push(scoreImage(toImage({ width: S, height: S, data: buf.subarray(i * S * S * 3, (i + 1) * S * S * 3) }), s.spec));
 }
 const fmt = (r: typeof rec) => {
   const m = summarise(r);
