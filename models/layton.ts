@@ -58,6 +58,8 @@ export interface DecodeOptions {
 
 export class Layton {
   readonly branch: LaddBranch;
+  /** The token grid's side: tokenizer_size over the VQ encoder's downsampling. */
+  readonly gridSide: number;
 
   constructor(
     readonly config: LaytonConfig,
@@ -71,7 +73,7 @@ export class Layton {
     vq.setTrainable(false);
     vae.setTrainable(false);
     const latent = config.imageSize / this.vaeScale;
-    const grid = config.tokenizerSize / 2 ** (vq.config.encoderChMult.length - 1);
+    const grid = (this.gridSide = config.tokenizerSize / 2 ** (vq.config.encoderChMult.length - 1));
     const need = latent / grid;
     if (controlnet.config.conditioningUpsampleFactor * controlnet.controlnet_cond_embedding.downscale !== need)
       throw new Error(`Layton: a ${grid}x${grid} token grid must reach the ${latent}x${latent} latent, but controlnet conditioning_upsample_factor ` +

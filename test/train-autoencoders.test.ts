@@ -1,7 +1,8 @@
 // The vae and vq stages of `layton-run train` (tools/train/autoencoders.ts) on a few tiny
 // steps, and the shared stage helpers (tools/train/stage.ts):
 //  - ssimTensor equals tools/metrics.ts ssim (float64 CPU) and its gradient equals the CPU
-//    metric's central finite difference along a random direction;
+//    metric's central finite difference along a random direction; pixelLoss with every term
+//    (L1, SSIM, MSE, edges) the same against float64 CPU code;
 //  - each stage learns (last loss below the first), writes its part, and the part loaded by
 //    loadVae / loadVQModel gives exactly the summary's held-out PSNR / SSIM (the in-memory
 //    model's), with the VAE's scaling_factor = 1 / latent std and the VQ reconstructing its 16 px
@@ -22,7 +23,7 @@ import { modelDir } from '../tools/modeldir.ts';
 import { IMAGE_SIZE, TOKENIZER_SIZE } from '../tools/train/configs.ts';
 import { tokenizerCopy } from '../tools/train/data.ts';
 import { trainVae, trainVq } from '../tools/train/autoencoders.ts';
-import { heldoutReconstruction, ssimTensor } from '../tools/train/stage.ts';
+import { heldoutReconstruction, pixelLoss, ssimTensor } from '../tools/train/stage.ts';
 
 const note = errorReport();
 const root = mkdtempSync(join(tmpdir(), 'layton-ae-'));
@@ -62,6 +63,52 @@ describe('stage helpers', () => {
     const dot = tidy(() => sum(mul(at.grad!, dir)));
     const g = await dot.item();
     expect(note('ssimTensor grad', Math.abs(g - fd) / Math.abs(fd))).toBeLessThan(1e-3);
+    for (const t of [value, dot, dir, at.grad!, at, bt]) t.dispose();
+  });
+  it('pixelLoss (L1 + SSIM + MSE + edge terms) equals float64 CPU code, and its gradient the finite difference', async () => {
+    const [n, c, h, w] = [2, 3, 12, 13];
+    const rnd = seededRandom(8);
+    const a = Float32Array.from({ length: n * c * h * w }, () => rnd() * 2 - 1);
+    const b = a.map((x) => 0.6 * x + 0.4 * (rnd() * 2 - 1));
+    const wts = { ssim: 0.2, mse: 3, edge: 0.3 };
+    const cpu = (x: Float64Array) => {
+      let l1 = 0;
+      let se = 0;
+      let ex = 0;
+      let ey = 0;
+      const d = (i: number, y: number, xx: number) => x[(i * h + y) * w + xx] - b[(i * h + y) * w + xx];
+      for (let i = 0; i < n * c; i++) {
+        for (let y = 0; y < h; y++) {
+          for (let xx = 0; xx < w; xx++) {
+            l1 += Math.abs(d(i, y, xx));
+            se += d(i, y, xx) ** 2;
+            if (xx > 0) ex += Math.abs(d(i, y, xx) - d(i, y, xx - 1));
+            if (y > 0) ey += Math.abs(d(i, y, xx) - d(i, y - 1, xx));
+          }
+        }
+      }
+      const s = Array.from({ length: n }, (_, i) => ssim(rect(x, i), rect(b, i))).reduce((p, q) => p + q, 0) / n;
+      const nc = n * c;
+      return l1 / (nc * h * w) + wts.ssim * (1 - s) + wts.mse * se / (nc * h * w) + wts.edge * (ex / (nc * h * (w - 1)) + ey / (nc * (h - 1) * w));
+    };
+    const rect = (v: Float32Array | Float64Array, i: number) => ({ width: w, height: h, data: Float64Array.from(v.subarray(i * c * h * w, (i + 1) * c * h * w), (x) => x / 2 + 0.5) as unknown as Float32Array });
+    const at = tensor(a, [n, c, h, w]).requireGrad();
+    const bt = tensor(b, [n, c, h, w]);
+    const dir = randn([n, c, h, w], { generator: new Generator(4) });
+    const value = tidy(() => {
+      const v = pixelLoss(at, bt, wts);
+      v.backward();
+      return v;
+    });
+    const a64 = Float64Array.from(a);
+    const want = cpu(a64);
+    expect(note('pixelLoss value', Math.abs((await value.item()) - want) / want)).toBeLessThan(1e-5);
+    const dv = (await dir.data()) as Float32Array;
+    // |.| has kinks: a step of 1e-4 moved one difference across 0 (a 1e-3 error); float64 allows 1e-6
+    const eps = 1e-6;
+    const fd = (cpu(a64.map((x, k) => x + eps * dv[k])) - cpu(a64.map((x, k) => x - eps * dv[k]))) / (2 * eps);
+    const dot = tidy(() => sum(mul(at.grad!, dir)));
+    expect(note('pixelLoss grad', Math.abs((await dot.item()) - fd) / Math.abs(fd))).toBeLessThan(1e-5);
     for (const t of [value, dot, dir, at.grad!, at, bt]) t.dispose();
   });
 });

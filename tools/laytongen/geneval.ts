@@ -133,8 +133,7 @@ export function evalGenevalReconstructedWith(m: Layton, o: Omit<GenevalOptions, 
   return scoreRows('reconstructed', 1, o, async (part, seed) => {
     const prepared = part.map(([spec, k]) => prepare(as8bit(world.sampleCaption(spec, k, size).image), m.config));
     const tokens = await encode(m, prepared.map((p) => p.small));
-    const side = Math.round(Math.sqrt(tokens[0].length));
-    const grid: [number, number] = [side, side];
+    const grid: [number, number] = [m.gridSide, m.gridSide];
     return o.decoder === 'vq' ? decodeVq(m, tokens, grid) : decode(m, tokens, grid, o.steps ?? 1, new Generator(seed));
   });
 }

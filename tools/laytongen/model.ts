@@ -36,7 +36,7 @@ export async function loadLaytonGen(files: LaytonFiles, root: string): Promise<L
     const text = await loadTextEncoder(await files('text_encoder'));
     owned.push(text.model);
     const g = gpt.config;
-    const grid = layton.config.tokenizerSize / 2 ** (layton.vq.config.encoderChMult.length - 1);
+    const grid = layton.gridSide;
     const problems = [
       g.captionDim !== text.model.config.dModel && `gpt caption_dim ${g.captionDim} != text_encoder d_model ${text.model.config.dModel}`,
       g.vocabSize !== layton.vq.config.codebookSize && `gpt vocab_size ${g.vocabSize} != vq codebook_size ${layton.vq.config.codebookSize}`,
@@ -116,7 +116,7 @@ export async function generateWith(m: LaytonGen, o: GenerateOptions): Promise<Ge
   // caption i); a batch gathers its rows' features
   const all = await encodeWorldCaptions(m.text, o.captions, { maxLength: clsTokenNum, warn: o.warn });
   const rows = o.captions.flatMap((_, i) => new Array<number>(n).fill(i));
-  const side = Math.round(Math.sqrt(blockSize));
+  const side = m.layton.gridSide;
   const out: Generated = { images: [], tokens: [] };
   let table: Tensor | undefined;
   try {

@@ -17,7 +17,7 @@ import { imagesToTensor } from '../image.ts';
 import { IMAGE_SIZE, TOKENIZER_SIZE, VAE_CONFIG, VQ_CONFIG } from './configs.ts';
 import { tokenizerCopy, worldBatch } from './data.ts';
 import { type StageSummary, generatorFor, runStage } from './loop.ts';
-import { DEFAULT_SEED, type StageOptions, heldoutReconstruction, optimStep, pixelLoss, savePart, stageAdamW, stageDir, trainWorld } from './stage.ts';
+import { DEFAULT_SEED, type StageOptions, type PixelLossWeights, heldoutReconstruction, optimStep, pixelLoss, savePart, stageAdamW, stageDir, trainWorld } from './stage.ts';
 
 /** Settings besides StageOptions (tests shrink them; the defaults are the shipped recipe's). */
 export interface AutoencoderTuning {
@@ -28,10 +28,8 @@ export interface AutoencoderTuning {
   evalImages: number;
   /** training batches whose latents set the VAE's scaling_factor */
   scaleBatches: number;
-  /** weight of (1 - SSIM) next to L1 in the reconstruction loss */
-  ssimWeight: number;
-  /** weight of the MSE next to L1 in the reconstruction loss */
-  mseWeight: number;
+  /** weights of the reconstruction loss's terms next to L1 */
+  loss: PixelLossWeights;
 }
 
 // ---- vae -----------------------------------------------------------------------------------
@@ -42,7 +40,7 @@ export interface AutoencoderTuning {
  * while a higher lr (3e-3), batch 4 at twice the steps, or 8 latent channels all did worse.
  */
 export const VAE_DEFAULTS = { steps: 400, batch: 8 };
-const VAE_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 8, ssimWeight: 0.2, mseWeight: 0 };
+const VAE_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 8, loss: { ssim: 0.2 } };
 /** SD's KL weight, relative to the reconstruction loss summed over an image's values */
 export const VAE_KL_WEIGHT = 1e-6;
 /**
@@ -67,10 +65,10 @@ async function initVae(seed: number): Promise<AutoencoderKL> {
 }
 
 /** The VAE stage's loss on one batch: {loss, rec, kl (per image)}; the posterior sample draws from `gen`. */
-export function vaeLoss(vae: AutoencoderKL, images: Tensor, gen: Generator, ssimWeight: number): { loss: Tensor; extra: { rec: Tensor; kl: Tensor } } {
+export function vaeLoss(vae: AutoencoderKL, images: Tensor, gen: Generator, weights: PixelLossWeights): { loss: Tensor; extra: { rec: Tensor; kl: Tensor } } {
   return tidy(() => {
     const posterior = vae.encode(images);
-    const rec = pixelLoss(vae.decode(posterior.sample(gen)), images, ssimWeight);
+    const rec = pixelLoss(vae.decode(posterior.sample(gen)), images, weights);
     // KL(N(mean, var) || N(0, 1)) summed over an image's latent, averaged over the batch
     const kl = mulScalar(sum(add(square(posterior.mean), sub(exp(posterior.logvar), addScalar(posterior.logvar, 1)))), 0.5 / images.shape[0]);
     const values = images.size / images.shape[0];
@@ -123,7 +121,7 @@ export async function trainVae(o: StageOptions, tune: Partial<AutoencoderTuning>
       async step(i, gen) {
         const { images } = worldBatch(world, 'train', seed, i, batch, IMAGE_SIZE);
         try {
-          return await optimStep(opt, () => vaeLoss(vae, images, gen, t.ssimWeight));
+          return await optimStep(opt, () => vaeLoss(vae, images, gen, t.loss));
         } finally {
           images.dispose();
         }
@@ -146,26 +144,26 @@ export async function trainVae(o: StageOptions, tune: Partial<AutoencoderTuning>
 // ---- vq ------------------------------------------------------------------------------------
 
 /**
- * About 23 minutes alone on the software adapter (0.59 batch-8 steps/s with conv2d's GEMM path;
- * 0.42 before it, when the stage ran 400 steps). The VQ model reconstructs
- * its own 16 px input, as LlamaGen's tokenizer does at 256 px (eval scores the output resized to
- * 32 px), with LlamaGen's entropy loss (VQ_CONFIG) and an MSE term next to L1 + SSIM. In the
- * PyTorch model of the stage (tools/train/pytorch/README.md), 300 steps of the former recipe (a
- * decoder one level deeper, to 32 px; L1 + SSIM; no entropy loss) gave 17.7 dB with every hue
- * collapsed to pink; the entropy loss 18.8-18.9 (two seeds), + MSE 19.5, + the 16 px target 21.7
- * with the hues right. Here the 16 px decoder also makes a step a quarter cheaper (0.31 steps/s
- * before), so the stage takes 400 steps in the time of the former 300. The PyTorch model goes on
- * improving well past that (held-out 22.2 dB / SSIM 0.75 after 400 steps; in a 1000-step run 25.0 / 0.87 at step 800, 25.6 /
- * 0.88 at the end), so the time conv2d's GEMM path freed goes here: 800 steps.
+ * About 23 minutes alone on the software adapter (1.35 batch-8 steps/s at VQ_CONFIG's ch 32).
+ * The VQ model reconstructs its own 16 px input, as LlamaGen's tokenizer does at 256 px (eval
+ * scores the output resized to 32 px), with LlamaGen's entropy loss (VQ_CONFIG) and MSE and
+ * edge terms next to L1 + SSIM. In the PyTorch model of the stage (tools/train/pytorch/README.md),
+ * 300 steps of the former recipe (a decoder one level deeper, to 32 px; L1 + SSIM; no entropy
+ * loss) gave 17.7 dB with every hue collapsed to pink; the entropy loss 18.8-18.9 (two seeds),
+ * + MSE 19.5, + the 16 px target 21.7 with the hues right. The stage is bound by its number of
+ * steps, not by width: at ch 64 the PyTorch model gave 22.2 dB after 400 steps and 25.6 after
+ * 1000, with the GenEval checker reading 0.14 and 0.25 of its held-out reconstructions (shapes
+ * too soft to tell apart); at ch 32, whose step is 2.3x faster here (0.59 -> 1.35 steps/s),
+ * 1900 steps in the same time gave 26.6 dB and 0.37, and 26.8 dB and 0.44 with the edge term.
  */
-export const VQ_DEFAULTS = { steps: 800, batch: 8 };
-const VQ_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 0, ssimWeight: 0.2, mseWeight: 1 };
+export const VQ_DEFAULTS = { steps: 1800, batch: 8 };
+const VQ_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 0, loss: { ssim: 0.2, mse: 1, edge: 0.3 } };
 
 /** The VQ stage's loss on one batch: reconstruction of the tokenizer copy from its codes + vq + commitment (+ entropy). */
-export function vqLoss(vq: VQModel, small: Tensor, t: Pick<AutoencoderTuning, 'ssimWeight' | 'mseWeight'>): { loss: Tensor; extra: { rec: Tensor; vq: Tensor; commit: Tensor }; indices: Tensor } {
+export function vqLoss(vq: VQModel, small: Tensor, weights: PixelLossWeights): { loss: Tensor; extra: { rec: Tensor; vq: Tensor; commit: Tensor }; indices: Tensor } {
   return tidy(() => {
     const e = vq.encode(small);
-    const rec = pixelLoss(vq.decode(e.quant), small, t.ssimWeight, t.mseWeight);
+    const rec = pixelLoss(vq.decode(e.quant), small, weights);
     const { vqLoss: v, commitLoss: c, entropyLoss } = e.losses;
     const loss = add(add(rec, v), entropyLoss ? add(c, entropyLoss) : c);
     return { loss, extra: { rec, vq: v, commit: c }, indices: e.indices };
@@ -200,7 +198,7 @@ export async function trainVq(o: StageOptions, tune: Partial<AutoencoderTuning> 
         let indices: Tensor | undefined;
         try {
           const r = await optimStep(opt, () => {
-            const l = vqLoss(vq, small!, t);
+            const l = vqLoss(vq, small!, t.loss);
             indices = keep(l.indices);
             return l;
           });

@@ -62,7 +62,7 @@ export const VQ_CONFIG = {
   encoder_ch_mult: [1, 2],
   decoder_ch_mult: [1, 2],
   z_channels: 64,
-  ch: 64,
+  ch: 32, // the narrowest LlamaGen's GroupNorm(32) allows: steps, not width, bound the stage (autoencoders.ts)
   num_res_blocks: 1,
 };
 

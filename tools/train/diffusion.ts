@@ -32,14 +32,14 @@ import { CONTROLNET_OPTIONS, LAYTON_CONFIG, SCHEDULER_CONFIG, UNET_CONFIG } from
 import { type WorldBatch, tokenizerCopy, worldBatch } from './data.ts';
 import { type StageSummary, runStage } from './loop.ts';
 import {
-  DEFAULT_SEED, type StageOptions, heldoutReconstruction, mseLoss, openPart, optimStep, pixelLoss, savePart, stageAdamW, stageDir, trainWorld,
+  DEFAULT_SEED, type StageOptions, heldoutReconstruction, mseLoss, openPart, optimStep, type PixelLossWeights, pixelLoss, savePart, stageAdamW, stageDir, trainWorld,
 } from './stage.ts';
 
 /**
  * Per-stage defaults for this 2-core software adapter. Measured at batch 8 on the default
- * configs, machine otherwise idle: ldm 0.44 it/s, consistency 0.44, stage 1 0.32, stage 2 0.24
- * (half the steps 2-step), so these take about 6 + 2 + 5 + 19 minutes, ~33 of `train layton`'s
- * 75: the time goes where the reconstruction is decided (the VAE, the VQ and stage 2).
+ * configs, machine otherwise idle (conv2d's GEMM path): ldm 0.40 it/s, consistency 0.40, stage 1
+ * 0.50, stage 2 0.35 (half the steps 2-step), so these take about 7 + 2.5 + 3.5 + 19 minutes, ~32
+ * of `train layton`'s 75: the time goes where the reconstruction is decided (the VAE, the VQ and stage 2).
  *
  * zeroConvLrScale: the branch's zero convs (isZeroConvParameter) train at this multiple of lr.
  * They start at 0, and the branch behind them gets no gradient until they grow; at lr itself
@@ -54,7 +54,7 @@ export const DIFFUSION_DEFAULTS = {
   consistency: { steps: 60, batch: 8, lr: 3e-4, warmup: 10 },
   'layton-stage1': { steps: 100, batch: 8, lr: 3e-4, warmup: 10, zeroConvLrScale: 10 },
   /** twoStep: the fraction of steps that decode in 2 steps (else 1) */
-  'layton-stage2': { steps: 280, batch: 8, lr: 2e-4, warmup: 10, twoStep: 0.5, zeroConvLrScale: 30 },
+  'layton-stage2': { steps: 400, batch: 8, lr: 2e-4, warmup: 10, twoStep: 0.5, zeroConvLrScale: 30 },
 } as const;
 type DiffusionStage = keyof typeof DIFFUSION_DEFAULTS;
 
@@ -147,9 +147,10 @@ export function stage1Loss(m: Layton, ids: Tensor, latents: Tensor, ts: number[]
  * Stage 2's pixel loss, L1 + 0.2 (1 - SSIM) + 3 MSE (the stated LPIPS substitute). The MSE term
  * is the VQ stage's finding (autoencoders.ts): trained with L1 + SSIM alone, the VQ decoder and
  * then this branch both kept positions and brightness but let hues drift (blue objects came out
- * dark, white ones yellow), and an MSE term weighted 3 gained the most there.
+ * dark, white ones yellow), and an MSE term weighted 3 gained the most there. The edge term
+ * (stage.ts edgeLoss) is the VQ stage's too: it made that decoder's shapes sharper at no cost in PSNR.
  */
-export const STAGE2_PIXEL_LOSS = { ssimWeight: 0.2, mseWeight: 3 };
+export const STAGE2_PIXEL_LOSS: PixelLossWeights = { ssim: 0.2, mse: 3, edge: 0.3 };
 
 /**
  * Stage 2's loss: tokens -> `steps`-step decode from noise drawn from gen (TLCM's stop-gradient
@@ -159,7 +160,7 @@ export function stage2Loss(m: Layton, ids: Tensor, images: Tensor, steps: number
   return tidy(() => {
     const noise = randn([ids.shape[0], ...m.latentShape], { generator: gen });
     const z0 = m.denoise(m.features(ids), { steps, generator: gen, noise, stopGradientBeforeLast: true });
-    return pixelLoss(m.decodeLatents(z0), images, STAGE2_PIXEL_LOSS.ssimWeight, STAGE2_PIXEL_LOSS.mseWeight);
+    return pixelLoss(m.decodeLatents(z0), images, STAGE2_PIXEL_LOSS);
   });
 }
 

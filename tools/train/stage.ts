@@ -132,12 +132,34 @@ export function ssimTensor(a: Tensor, b: Tensor): Tensor {
   });
 }
 
-/** L1 + ssimWeight · (1 - SSIM) (the stated LPIPS substitute) + mseWeight · MSE, images in [-1, 1]. */
-export const pixelLoss = (pred: Tensor, target: Tensor, ssimWeight = 0.2, mseWeight = 0): Tensor =>
+/** Weights of pixelLoss's terms beside L1 (absent: 0). */
+export interface PixelLossWeights {
+  ssim?: number;
+  mse?: number;
+  edge?: number;
+}
+
+/**
+ * Mean |Δ(pred - target)| over horizontal and vertical neighbours, summed over the two axes:
+ * L1 of the images' finite differences. L1 and MSE are content with a soft edge in the right
+ * place; this term charges its slope (the PyTorch model of the vq stage: at weight 0.3 the
+ * GenEval checker read 0.44 of the held-out reconstructions against 0.37 without, the same PSNR).
+ */
+export function edgeLoss(pred: Tensor, target: Tensor): Tensor {
+  const [, , h, w] = pred.shape;
+  return tidy(() => {
+    const d = sub(pred, target);
+    return add(l1Loss(slice(d, 3, 1, w), slice(d, 3, 0, w - 1)), l1Loss(slice(d, 2, 1, h), slice(d, 2, 0, h - 1)));
+  });
+}
+
+/** L1 + ssim · (1 - SSIM) (the stated LPIPS substitute) + mse · MSE + edge · edgeLoss, images [B, C, H, W] in [-1, 1]. */
+export const pixelLoss = (pred: Tensor, target: Tensor, w: PixelLossWeights = {}): Tensor =>
   tidy(() => {
     let loss = l1Loss(pred, target);
-    if (ssimWeight) loss = add(loss, mulScalar(addScalar(ssimTensor(pred, target), -1), -ssimWeight));
-    return mseWeight ? add(loss, mulScalar(mseLoss(pred, target), mseWeight)) : loss;
+    if (w.ssim) loss = add(loss, mulScalar(addScalar(ssimTensor(pred, target), -1), -w.ssim));
+    if (w.mse) loss = add(loss, mulScalar(mseLoss(pred, target), w.mse));
+    return w.edge ? add(loss, mulScalar(edgeLoss(pred, target), w.edge)) : loss;
   });
 
 /**

@@ -7,7 +7,7 @@ import type { LaytonGen } from '../laytongen/model.ts';
 import { type Rgb8, type RgbImage, toRgb8 } from '../pixels.ts';
 import { World } from '../world.ts';
 import { parityRun } from './parity.ts';
-import { generateOne, gridSide, loadRoot, openRoot, reconstruct } from './pipeline.ts';
+import { generateOne, loadRoot, openRoot, reconstruct } from './pipeline.ts';
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
@@ -68,7 +68,7 @@ async function load(source: string | FileList): Promise<string> {
     model?.dispose();
     model = m;
     const c = m.layton.config;
-    const side = gridSide(m);
+    const side = m.layton.gridSide;
     status('model-status', `${root.name}: ${c.imageSize}x${c.imageSize} images as ${side}x${side} tokens of ${m.gpt.config.vocabSize} codes; ` +
       `read ${mb([...loaded.values()].reduce((a, b) => a + b, 0))} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     for (const id of ['world-image', 'gen']) $<HTMLButtonElement>(id).disabled = false;
@@ -95,8 +95,7 @@ function draw(id: string, img: RgbImage): Rgb8 {
 }
 
 /** The token grid: one cell per token, coloured by its id (golden-angle hues), the id inside and on hover. */
-function drawTokens(id: string, tokens: Int32Array): void {
-  const side = Math.round(Math.sqrt(tokens.length));
+function drawTokens(id: string, tokens: Int32Array, side: number): void {
   const grid = $(id);
   grid.style.gridTemplateColumns = `repeat(${side}, 1fr)`;
   grid.replaceChildren(...Array.from(tokens, (t, i) => {
@@ -123,10 +122,11 @@ async function decodeImage(blob: Blob): Promise<Rgb8> {
 async function runReconstruct(px: Rgb8, seed: number, steps: number) {
   if (!model) throw new Error('load a model first');
   status('recon-score', 'reconstructing…');
+  const side = model.layton.gridSide;
   try {
     const r = await reconstruct(model, px, seed, steps);
     draw('recon-input', r.target);
-    drawTokens('recon-tokens', r.tokens);
+    drawTokens('recon-tokens', r.tokens, side);
     const out = draw('recon-output', r.image);
     status('recon-score', `reconstruction: PSNR ${r.psnr.toFixed(2)} dB, SSIM ${r.ssim.toFixed(3)}`);
     return { tokens: Array.from(r.tokens), pixels: Array.from(out.data), psnr: r.psnr, ssim: r.ssim };
@@ -148,6 +148,7 @@ async function runGenerate(caption: string, seed: number, cfg: number): Promise<
   $<HTMLButtonElement>('gen-cancel').disabled = false;
   const bar = $<HTMLProgressElement>('gen-progress');
   const t0 = performance.now();
+  const side = model.layton.gridSide;
   try {
     const r = await generateOne(model, caption, {
       seed, cfg, signal: aborter.signal, warn: (w) => status('gen-status', w),
@@ -157,7 +158,7 @@ async function runGenerate(caption: string, seed: number, cfg: number): Promise<
       },
     });
     const px = draw('gen-output', r.image);
-    drawTokens('gen-tokens', r.tokens);
+    drawTokens('gen-tokens', r.tokens, side);
     status('gen-status', `${r.tokens.length} tokens in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     return { tokens: Array.from(r.tokens), pixels: Array.from(px.data) };
   } catch (e) {

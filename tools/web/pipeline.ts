@@ -15,9 +15,6 @@ export const openRoot = (source: string | FileList, onProgress?: LoadProgress): 
 
 export const loadRoot = (root: ModelRoot): Promise<LaytonGen> => loadLaytonGen(modelRootFiles(root), root.name);
 
-/** The token grid's side. */
-export const gridSide = (m: LaytonGen): number => Math.round(Math.sqrt(m.gpt.config.blockSize));
-
 const as8bit = (img: RgbImage): RgbImage => toImage(toRgb8(img));
 
 export interface Reconstruction {
@@ -38,7 +35,7 @@ export async function reconstruct(m: LaytonGen, px: Rgb8, seed: number, steps = 
   const ids = tidy(() => noGrad(() => m.layton.tokenize(imagesToTensor([small]))));
   const tokens = (await ids.data()) as Int32Array;
   ids.dispose();
-  const side = gridSide(m);
+  const side = m.layton.gridSide;
   const out = tidy(() => noGrad(() => m.layton.decode(tensor(tokens, [1, side, side], 'i32'), { steps, generator: new Generator(seed) })));
   const [decoded] = await tensorToImages(out);
   out.dispose();

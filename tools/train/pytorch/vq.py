@@ -14,8 +14,9 @@ p = argparse.ArgumentParser(); A = p.add_argument
 A('--lr', type=float, default=1e-3); A('--steps', type=int, default=400); A('--batch', type=int, default=8); A('--seed', type=int, default=0)
 A('--K', type=int, default=1024); A('--D', type=int, default=8); A('--ch', type=int, default=32); A('--beta', type=float, default=0.25)
 A('--ent', type=float, default=0.1); A('--mse', type=float, default=1.0); A('--dec32', type=int, default=0); A('--cblr', type=float, default=1.0)
-A('--kmeans', type=int, default=0); A('--kn', type=int, default=2048); A('--pp', type=int, default=0)
-a = p.parse_args(); torch.manual_seed(a.seed); G = 32 if a.ch >= 32 else 16
+A('--noq', type=int, default=0); A('--grad', type=float, default=0.0); A('--kmeans', type=int, default=0); A('--kn', type=int, default=2048); A('--pp', type=int, default=0)
+A('--G', type=int, default=32)
+a = p.parse_args(); torch.manual_seed(a.seed); G = a.G  # LlamaGen's GroupNorm(32)
 ch = a.ch
 enc = nn.Sequential(nn.Conv2d(3, 2 * ch, 3, padding=1), Res(2 * ch, 2 * ch, G), nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(2 * ch, 2 * ch, 3, stride=2),
                     Res(2 * ch, 4 * ch, G), Attn(4 * ch, G), Mid(4 * ch, G), nn.GroupNorm(G, 4 * ch), nn.SiLU(), nn.Conv2d(4 * ch, 64, 3, padding=1), nn.Conv2d(64, a.D, 1))
@@ -29,6 +30,7 @@ def dec(zq, score=False):  # score: a 16 px output resized to the 32 px image, a
     return F.interpolate(y, size=32, mode='bicubic', align_corners=False) if score and y.shape[-1] != 32 else y
 cb = nn.Parameter(torch.empty(a.K, a.D).uniform_(-1 / a.K, 1 / a.K))
 def quant(z):
+    if a.noq: return z, 0, torch.zeros(1)
     z = F.normalize(z.permute(0, 2, 3, 1), dim=-1); e = F.normalize(cb, dim=-1)
     d = -z.reshape(-1, a.D) @ e.t(); idx = d.argmin(1); zq = e[idx].view(z.shape)
     vq = ((zq - z.detach()) ** 2).mean(); cm = a.beta * ((zq.detach() - z) ** 2).mean()
@@ -60,6 +62,7 @@ for i in range(a.steps):
     idx = torch.randint(0, 12000, (a.batch,))
     zq, ql, ids = quant(enc(TR16[idx])); y = dec(zq); T = TR32[idx] if a.dec32 else TR16[idx]
     loss = pixloss(y, T) + a.mse * ((y - T) ** 2).mean() + ql
+    if a.grad: loss = loss + a.grad * sum(((y.diff(dim=d) - T.diff(dim=d)).abs().mean() for d in (2, 3)))
     opt.zero_grad(); loss.backward(); opt.step(); sc.step()
     if i % 200 == 0 or i == a.steps - 1:
         with torch.no_grad(): zq, _, ids = quant(enc(HO16)); yh = dec(zq, True)
