@@ -154,7 +154,7 @@ export async function trainVae(o: StageOptions, tune: Partial<AutoencoderTuning>
  * steps, not by width: at ch 64 the PyTorch model gave 22.2 dB after 400 steps and 25.6 after
  * 1000, with the GenEval checker reading 0.14 and 0.25 of its held-out reconstructions (shapes
  * too soft to tell apart); at ch 32, whose step is 2.3x faster here (0.59 -> 1.35 steps/s),
- * 1900 steps in the same time gave 26.6 dB and 0.37, and 26.8 dB and 0.44 with the edge term.
+ * 1900 steps in the same time gave 26.4 dB and 0.37, and 26.8 dB and 0.44 with the edge term.
  */
 export const VQ_DEFAULTS = { steps: 1800, batch: 8 };
 const VQ_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 0, loss: { ssim: 0.2, mse: 1, edge: 0.3 } };

@@ -38,7 +38,7 @@ import {
 /**
  * Per-stage defaults for this 2-core software adapter. Measured at batch 8 on the default
  * configs, machine otherwise idle (conv2d's GEMM path): ldm 0.40 it/s, consistency 0.40, stage 1
- * 0.50, stage 2 0.35 (half the steps 2-step), so these take about 7 + 2.5 + 3.5 + 19 minutes, ~32
+ * 0.50, stage 2 0.35 (half the steps 2-step), so these take about 7 + 2.5 + 3.5 + 17 minutes, ~30
  * of `train layton`'s 75: the time goes where the reconstruction is decided (the VAE, the VQ and stage 2).
  *
  * zeroConvLrScale: the branch's zero convs (isZeroConvParameter) train at this multiple of lr.
@@ -54,7 +54,7 @@ export const DIFFUSION_DEFAULTS = {
   consistency: { steps: 60, batch: 8, lr: 3e-4, warmup: 10 },
   'layton-stage1': { steps: 100, batch: 8, lr: 3e-4, warmup: 10, zeroConvLrScale: 10 },
   /** twoStep: the fraction of steps that decode in 2 steps (else 1) */
-  'layton-stage2': { steps: 400, batch: 8, lr: 2e-4, warmup: 10, twoStep: 0.5, zeroConvLrScale: 30 },
+  'layton-stage2': { steps: 360, batch: 8, lr: 2e-4, warmup: 10, twoStep: 0.5, zeroConvLrScale: 30 },
 } as const;
 type DiffusionStage = keyof typeof DIFFUSION_DEFAULTS;
 
