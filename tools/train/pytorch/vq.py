@@ -2,11 +2,13 @@
 # codebook / decoder at VQ_CONFIG's sizes (16 px in, 16 px out; --dec32 1: the former recipe's
 # decoder, one level deeper, to the 32 px image), the same losses (L1 + 0.2 (1 - SSIM) + --mse
 # MSE, vq + commitment + --ent entropy) and optimiser. --kmeans seeds the codebook by spherical
-# k-means of the initial encoder's features of --kn training images (--pp: k-means++ seeding).
+# k-means of the initial encoder's features of --kn training images (--pp: k-means++ seeding);
+# --noq 1 decodes the encoder's output unquantized, --grad W adds W x the L1 of the finite
+# differences (the project's edge term), --G sets the GroupNorm groups (LlamaGen's 32).
 # Prints held-out PSNR / SSIM (a 16 px output is scored resized bicubic to 32 px) / code usage,
 # and the mean-colour error; SAVE=file.png writes 8 held-out images over their reconstructions,
 # DUMP=file.u8 all 256 (scored by the GenEval checker: geneval-dump.ts).
-#   /usr/bin/python3 vq.py --steps 400                              # the recipe
+#   /usr/bin/python3 vq.py --steps 1900 --ch 16 --grad 0.3          # the recipe (config ch 32, 1800 steps there)
 #   /usr/bin/python3 vq.py --steps 300 --ent 0 --mse 0 --dec32 1    # the former recipe
 import sys, os, argparse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from common import *
