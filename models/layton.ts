@@ -14,7 +14,7 @@ import { type LoadOptions } from './registry.ts';
 import { type AlphaScheduler, fromConfig } from './schedulers.ts';
 import { type AddedCond, type UNet2DConditionModel, loadUNet } from './unet.ts';
 import { type AutoencoderKL, loadVae } from './vae.ts';
-import { type VQModel, loadVQModel } from './vq.ts';
+import { type VQConfig, type VQModel, loadVQModel } from './vq.ts';
 
 export interface LaytonConfig {
   /** the decoded image's side (the paper: 1024) */
@@ -56,9 +56,13 @@ export interface DecodeOptions {
   stopGradientBeforeLast?: boolean;
 }
 
+/** The token grid's side: tokenizer_size over the VQ encoder's downsampling. */
+export const tokenGridSide = (config: Pick<LaytonConfig, 'tokenizerSize'>, vq: Pick<VQConfig, 'encoderChMult'>): number =>
+  config.tokenizerSize / 2 ** (vq.encoderChMult.length - 1);
+
 export class Layton {
   readonly branch: LaddBranch;
-  /** The token grid's side: tokenizer_size over the VQ encoder's downsampling. */
+  /** tokenGridSide of its config and VQ */
   readonly gridSide: number;
 
   constructor(
@@ -73,7 +77,7 @@ export class Layton {
     vq.setTrainable(false);
     vae.setTrainable(false);
     const latent = config.imageSize / this.vaeScale;
-    const grid = (this.gridSide = config.tokenizerSize / 2 ** (vq.config.encoderChMult.length - 1));
+    const grid = (this.gridSide = tokenGridSide(config, vq.config));
     const need = latent / grid;
     if (controlnet.config.conditioningUpsampleFactor * controlnet.controlnet_cond_embedding.downscale !== need)
       throw new Error(`Layton: a ${grid}x${grid} token grid must reach the ${latent}x${latent} latent, but controlnet conditioning_upsample_factor ` +

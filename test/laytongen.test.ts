@@ -315,6 +315,7 @@ describe('layton-run generate / eval geneval', () => {
     const world = new World();
     const scored: RgbImage[] = [];
     const res = await evalGenevalReconstructedWith(m, { nCaptions: 2, minPerCategory: 2, decoder: 'vq', onScore: (_, img) => scored.push(img) });
+    for (const batch of [0, 1.5]) await expect(evalGenevalReconstructedWith(m, { nCaptions: 2, minPerCategory: 2, batch })).rejects.toThrow(`geneval: batch must be a positive integer, got ${batch}`);
     const rows = genevalCaptions(2, 1, 2).flatMap((c) => Array.from({ length: c.images }, (_, k) => toImage(toRgb8(world.sampleCaption(c.spec, k, 32).image))));
     expect(rows.length).toBe(4);
     const ids = tidy(() => noGrad(() => m.tokenize(imagesToTensor(rows.map((i) => tokenizerCopy(i, 16))))));

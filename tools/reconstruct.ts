@@ -11,7 +11,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { readConfig } from '../models/checkpoint.ts';
-import { type Layton, type LaytonConfig, loadLayton, parseLaytonConfig } from '../models/layton.ts';
+import { type Layton, type LaytonConfig, loadLayton, parseLaytonConfig, tokenGridSide } from '../models/layton.ts';
 import { parseVQConfig } from '../models/vq.ts';
 import { Generator, getDevice, noGrad, tensor, tidy } from '../runtime/index.ts';
 import { openSafetensors, saveSafetensors, writeFileAtomic } from '../runtime/platform/node-fs.ts';
@@ -42,7 +42,7 @@ export async function laytonInfo(dir = DEFAULT_MODEL): Promise<LaytonInfo> {
     throw new Error(`${dir}: not a Layton model folder (no layton.json beside vq/, unet/, controlnet/, vae/, scheduler/; \`layton-run train layton --out DIR\` makes one)`);
   const config = parseLaytonConfig(await readConfig(root, 'layton.json'), join(dir, 'layton.json'));
   const vq = parseVQConfig(await readConfig(await modelDir(join(dir, 'vq'))), join(dir, 'vq', 'config.json'));
-  const side = config.tokenizerSize / 2 ** (vq.encoderChMult.length - 1);
+  const side = tokenGridSide(config, vq);
   return { dir, config, grid: [side, side], codebookSize: vq.codebookSize };
 }
 

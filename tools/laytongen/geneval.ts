@@ -96,6 +96,7 @@ async function scoreRows(
   const list = genevalCaptions(o.nCaptions, o.perCaption, o.minPerCategory);
   const rows = list.flatMap((c) => Array.from({ length: c.images }, (_, k): Row => [c.spec, k]));
   const batch = o.batch ?? 32;
+  if (!Number.isInteger(batch) || batch < 1) throw new Error(`geneval: batch must be a positive integer, got ${o.batch}`);
   const results: ScoreResult[] = [];
   for (let start = 0, b = 0; start < rows.length; start += batch, b++) {
     const part = rows.slice(start, start + batch);
@@ -113,10 +114,10 @@ async function scoreRows(
 /** mini-GenEval of a loaded model (see the header). */
 export function evalGenevalWith(m: LaytonGen, o: Omit<GenevalOptions, 'root'>): Promise<GenevalResult> {
   const cfg = o.cfg ?? 2;
-  const batch = o.batch ?? 32;
+  // one generateWith batch per part (scoreRows's batch)
   return scoreRows('generated', cfg, o, async (part, seed) =>
     (await generateWith(m, {
-      captions: part.map(([s]) => s.caption), cfg, seed, topK: o.topK, topP: o.topP, temperature: o.temperature, steps: o.steps, decoder: o.decoder, batch,
+      captions: part.map(([s]) => s.caption), cfg, seed, topK: o.topK, topP: o.topP, temperature: o.temperature, steps: o.steps, decoder: o.decoder, batch: part.length,
     })).images);
 }
 
