@@ -6,7 +6,9 @@
 //  - each stage learns (last loss below the first), writes its part, and the part loaded by
 //    loadVae / loadVQModel gives exactly the summary's held-out PSNR / SSIM (the in-memory
 //    model's), with the VAE's scaling_factor = 1 / latent std and the VQ reconstructing its 16 px
-//    input (scored resized to 32 px, as eval reconstruction does);
+//    input (scored resized to 32 px, as eval reconstruction does), and its codebook usage the
+//    distinct codes of the saved part's tokens, held-out and training, also when a process
+//    resumes the finished stage;
 //  - the VAE stage (the one drawing noise) interrupted after a checkpoint and resumed
 //    continues on exactly the uninterrupted loss curve, its summary's time counting both processes.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -21,9 +23,9 @@ import { imagesToTensor } from '../tools/image.ts';
 import { ssim } from '../tools/metrics.ts';
 import { modelDir } from '../tools/modeldir.ts';
 import { IMAGE_SIZE, TOKENIZER_SIZE } from '../tools/train/configs.ts';
-import { tokenizerCopy } from '../tools/train/data.ts';
+import { tokenizerCopy, worldBatch } from '../tools/train/data.ts';
 import { trainVae, trainVq } from '../tools/train/autoencoders.ts';
-import { heldoutReconstruction, pixelLoss, ssimTensor } from '../tools/train/stage.ts';
+import { DEFAULT_SEED, heldoutReconstruction, pixelLoss, ssimTensor, trainWorld } from '../tools/train/stage.ts';
 
 const note = errorReport();
 const root = mkdtempSync(join(tmpdir(), 'layton-ae-'));
@@ -169,7 +171,6 @@ describe('autoencoder stages', () => {
         kept.push(keep(e.indices));
         return y;
       }));
-    vq.dispose();
     expect(again.psnr).toBe(s.metrics.psnr);
     expect(again.ssim).toBe(s.metrics.ssim);
     const ids = new Set<number>();
@@ -178,5 +179,17 @@ describe('autoencoder stages', () => {
       t.dispose();
     }
     expect(s.metrics.codebook_usage).toBe(ids.size / 1024);
+
+    // training usage: the first training batch's codes (evalImages = 2 = one batch), the same
+    // when a process resumes the finished stage and takes no step
+    const { images, small } = worldBatch(trainWorld(), 'train', DEFAULT_SEED, 0, 2, IMAGE_SIZE, TOKENIZER_SIZE);
+    const trainIds = tidy(() => keep(vq.encode(small!).indices));
+    const trainSet = new Set<number>(await trainIds.data());
+    for (const t of [images, small!, trainIds]) t.dispose();
+    vq.dispose();
+    expect(s.metrics.train_codebook_usage).toBe(trainSet.size / 1024);
+    const r = await trainVq({ root, steps, batch: 2, log: quiet, resume: true }, tune);
+    expect(r.resumed_from).toBe(steps);
+    expect(r.metrics).toEqual(s.metrics);
   });
 });

@@ -15,7 +15,7 @@ export const VAE_CONFIG = {
   out_channels: 3,
   down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D'],
   up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'],
-  block_out_channels: [32, 64],
+  block_out_channels: [16, 32], // half the former [32, 64]: steps, not width, bound the stage (autoencoders.ts)
   layers_per_block: 1,
   act_fn: 'silu',
   latent_channels: 4,
@@ -33,11 +33,11 @@ export const UNET_CONFIG = {
   down_block_types: ['DownBlock2D', 'DownBlock2D'],
   mid_block_type: 'UNetMidBlock2DCrossAttn',
   up_block_types: ['UpBlock2D', 'UpBlock2D'],
-  block_out_channels: [64, 128],
+  block_out_channels: [32, 64], // half the former [64, 128]: 2-4x the steps in the time (diffusion.ts)
   layers_per_block: 1,
   attention_head_dim: 4,
   cross_attention_dim: 32, // the empty prompt: one zero token (Layton's decoder is not text-conditioned)
-  norm_num_groups: 16,
+  norm_num_groups: 8,
   flip_sin_to_cos: true,
   freq_shift: 0,
 };

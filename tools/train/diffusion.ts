@@ -37,9 +37,12 @@ import {
 
 /**
  * Per-stage defaults for this 2-core software adapter. Measured at batch 8 on the default
- * configs, machine otherwise idle (conv2d's GEMM path): ldm 0.40 it/s, consistency 0.40, stage 1
- * 0.50, stage 2 0.35 (half the steps 2-step), so these take about 7 + 2.5 + 3.5 + 17 minutes, ~30
- * of `train layton`'s 75: the time goes where the reconstruction is decided (the VAE, the VQ and stage 2).
+ * configs (UNet [32, 64], VAE [16, 32]), machine otherwise idle: ldm 1.47 it/s, consistency 1.47,
+ * stage 1 1.13, stage 2 0.79 (half the steps 2-step), so these take about 7 + 2.3 + 4.6 + 21
+ * minutes, ~35 of `train layton`'s 75. At the former widths (UNet [64, 128], VAE [32, 64]) a step
+ * cost 2.1-3.7x as much (ldm 0.40 it/s, stage 2 0.38) and 160 ldm steps gave about the held-out x0
+ * MSE that 160 narrow ones do (0.89 / 0.15 against 0.69 / 0.16 at t = 999 / 499): these stages are
+ * bound by steps too, so the narrow models train 3-4x the steps in about the same time.
  *
  * zeroConvLrScale: the branch's zero convs (isZeroConvParameter) train at this multiple of lr.
  * They start at 0, and the branch behind them gets no gradient until they grow; at lr itself
@@ -50,11 +53,11 @@ import {
  * 0.762, with the lower loss in every tenth of the run.
  */
 export const DIFFUSION_DEFAULTS = {
-  ldm: { steps: 160, batch: 8, lr: 5e-4, warmup: 20 },
-  consistency: { steps: 60, batch: 8, lr: 3e-4, warmup: 10 },
-  'layton-stage1': { steps: 100, batch: 8, lr: 3e-4, warmup: 10, zeroConvLrScale: 10 },
+  ldm: { steps: 600, batch: 8, lr: 5e-4, warmup: 20 },
+  consistency: { steps: 200, batch: 8, lr: 3e-4, warmup: 10 },
+  'layton-stage1': { steps: 300, batch: 8, lr: 3e-4, warmup: 10, zeroConvLrScale: 10 },
   /** twoStep: the fraction of steps that decode in 2 steps (else 1) */
-  'layton-stage2': { steps: 360, batch: 8, lr: 2e-4, warmup: 10, twoStep: 0.5, zeroConvLrScale: 30 },
+  'layton-stage2': { steps: 1000, batch: 8, lr: 2e-4, warmup: 10, twoStep: 0.5, zeroConvLrScale: 30 },
 } as const;
 type DiffusionStage = keyof typeof DIFFUSION_DEFAULTS;
 
