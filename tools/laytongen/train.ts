@@ -33,8 +33,8 @@ import { type CaptionEncoder, encodeWorldCaptions, saveTextEncoder, worldTextEnc
  * idle machine (4.5 s beside another training process; batch 64 twice that), the former dim-256
  * model's about 5 s (9.5 s of CPU under heavy load: forward 2.9, backward 6.4, captions and
  * AdamW 0.3; about 62 GFLOP); tokenising a cached image takes about 40 ms of CPU. 800 steps
- * plus the 8,448 cached images came to 34.7 minutes (held-out loss 3.31, still falling), so the
- * stage takes 960, about 41.
+ * plus the 8,448 cached images came to 34.7 minutes (held-out loss 3.31, still falling); 960
+ * came to 40.0 (3.00).
  */
 export const LAYTONGEN_DEFAULTS = { steps: 960, batch: 32 };
 

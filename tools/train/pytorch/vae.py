@@ -1,10 +1,10 @@
 # PyTorch model of the `vae` stage (tools/train/autoencoders.ts): diffusers' AutoencoderKL
 # layout at VAE_CONFIG's sizes, the same loss, optimiser and schedule; prints held-out PSNR / SSIM.
-#   /usr/bin/python3 vae.py --steps 400 [--lr 1e-3] [--batch 8] [--lat 4] [--ch 32,64]
+#   /usr/bin/python3 vae.py --steps 900 [--lr 1e-3] [--batch 8] [--lat 4] [--ch 16,32]
 import sys, os, argparse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from common import *
-p = argparse.ArgumentParser(); p.add_argument('--ch', default='32,64'); p.add_argument('--lat', type=int, default=4); p.add_argument('--lr', type=float, default=1e-3)
-p.add_argument('--steps', type=int, default=240); p.add_argument('--batch', type=int, default=8); p.add_argument('--G', type=int, default=8); p.add_argument('--ssim', type=float, default=0.2)
+p = argparse.ArgumentParser(); p.add_argument('--ch', default='16,32'); p.add_argument('--lat', type=int, default=4); p.add_argument('--lr', type=float, default=1e-3)
+p.add_argument('--steps', type=int, default=900); p.add_argument('--batch', type=int, default=8); p.add_argument('--G', type=int, default=8); p.add_argument('--ssim', type=float, default=0.2)
 p.add_argument('--attn', type=int, default=1)
 a = p.parse_args(); torch.manual_seed(0)
 ch = [int(x) for x in a.ch.split(',')]; G = a.G; L = a.lat
