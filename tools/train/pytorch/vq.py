@@ -6,7 +6,7 @@
 # --noq 1 decodes the encoder's output unquantized, --grad W adds W x the L1 of the finite
 # differences (the project's edge term), --G sets the GroupNorm groups (LlamaGen's 32).
 # Prints held-out PSNR / SSIM (a 16 px output is scored resized bicubic to 32 px) / code usage,
-# and the mean-colour error; SAVE=file.png writes 8 held-out images over their reconstructions,
+# the mean-colour error and the codes' synonym entropy in flat regions; SAVE=file.png writes 8 held-out images over their reconstructions,
 # DUMP=file.u8 all 256 (scored by the GenEval checker: geneval-dump.ts).
 #   /usr/bin/python3 vq.py --steps 1900 --ch 16 --grad 0.3          # the recipe (config ch 32, 1800 steps there)
 #   /usr/bin/python3 vq.py --steps 300 --ent 0 --mse 0 --dec32 1    # the former recipe
@@ -72,6 +72,21 @@ for i in range(a.steps):
 with torch.no_grad():
     zq, _, ids = quant(enc(HO16)); yh = dec(zq, True).clamp(-1, 1)
     print(f'mean-colour error {((yh.mean((2, 3)) - HO32.mean((2, 3))) * 127.5).abs().mean().item():.1f} levels of 255')
+    # synonyms: the codes of tokens inside flat regions (the 4x4 pixels around the token's 2x2
+    # all one colour), grouped by that colour: H(code | colour) is what a GPT must guess that
+    # the image does not decide
+    g = ids.view(len(HO16), 8, 8); P = F.pad(HO16, (1, 1, 1, 1), value=9.0); groups = {}
+    for i in range(8):
+        for j in range(8):
+            w = P[:, :, 2 * i:2 * i + 4, 2 * j:2 * j + 4].reshape(len(HO16), 3, -1)
+            flat = (w.amax(2) - w.amin(2)).amax(1) < 1e-3
+            for n in flat.nonzero().flatten().tolist():
+                groups.setdefault(tuple((w[n, :, 0] * 127.5).round().int().tolist()), []).append(g[n, i, j].item())
+    tot = sum(len(v) for v in groups.values())
+    def H(v):
+        c = torch.tensor(v).unique(return_counts=True)[1].float() / len(v); return -(c * c.log()).sum().item()
+    print(f'flat tokens {tot} in {len(groups)} colours: H(code | colour) {sum(len(v) / tot * H(v) for v in groups.values()):.2f} nats, '
+          f'{sum(len(set(v)) for v in groups.values()) / len(groups):.0f} codes a colour')
     if os.environ.get('DUMP'):  # the 256 held-out reconstructions, uint8 HWC, for tools/train/pytorch/geneval-dump.ts
         open(os.environ['DUMP'], 'wb').write(((yh * .5 + .5) * 255).round().byte().permute(0, 2, 3, 1).contiguous().numpy().tobytes())
     if os.environ.get('SAVE'):
