@@ -57,7 +57,9 @@ export const VQ_CONFIG = {
   codebook_l2_norm: true,
   commit_loss_beta: 0.25,
   // LlamaGen's codebook entropy loss (its training default is 0): without it the codes of this
-  // world's flat colours stayed shared and the VQ decoder's hues collapsed (autoencoders.ts)
+  // world's flat colours stayed shared and the VQ decoder's hues collapsed (autoencoders.ts).
+  // The PyTorch model of the stage now says to drop it (tools/train/pytorch/README.md, synonyms):
+  // with the MSE term and 16 px target the hues hold at 0, and its ~230 codes a flat colour burden the GPT.
   entropy_loss_ratio: 0.1,
   encoder_ch_mult: [1, 2],
   decoder_ch_mult: [1, 2],
