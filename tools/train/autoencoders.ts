@@ -212,32 +212,33 @@ export async function trainVq(o: StageOptions, tune: Partial<AutoencoderTuning> 
       },
       async evaluate() {
         await savePart(o.root, 'vq', vqConfigJson(config), vq, 'model.safetensors');
-        const held = new CodebookUsage(config.codebookSize, t.evalImages * (TOKENIZER_SIZE / 2) ** 2);
-        let heldUsage = 0;
-        const pending: Tensor[] = [];
+        // fraction of the codebook used by evalImages images' tokens (consumes the index tensors)
+        const usageOf = async (ids: Tensor[]): Promise<number> => {
+          const u = new CodebookUsage(config.codebookSize, t.evalImages * (TOKENIZER_SIZE / 2) ** 2);
+          let used = 0;
+          for (const x of ids) {
+            used = u.update((await x.data()) as Int32Array);
+            x.dispose();
+          }
+          return used;
+        };
+        const held: Tensor[] = [];
         const m = await heldoutReconstruction(t.evalImages, IMAGE_SIZE, batch, (_x, truth) =>
           tidy(() => {
             const e = vq.encode(imagesToTensor(truth.map((img) => tokenizerCopy(img, TOKENIZER_SIZE))));
-            pending.push(keep(e.indices));
+            held.push(keep(e.indices));
             return vq.decode(e.quant);
           }));
-        for (const ids of pending) {
-          heldUsage = held.update((await ids.data()) as Int32Array);
-          ids.dispose();
-        }
+        const heldUsage = await usageOf(held);
         // the same count of training images (the first batches): measured here, not from the
         // steps' window, so that a process resuming a finished stage reports it too
-        const train = new CodebookUsage(config.codebookSize, t.evalImages * (TOKENIZER_SIZE / 2) ** 2);
-        let trainUsage = 0;
+        const train: Tensor[] = [];
         for (let k = 0; k * batch < t.evalImages; k++) {
           const { images, small } = worldBatch(world, 'train', seed, k, Math.min(batch, t.evalImages - k * batch), IMAGE_SIZE, TOKENIZER_SIZE);
-          const ids = tidy(() => keep(vq.encode(small!).indices));
-          try {
-            trainUsage = train.update((await ids.data()) as Int32Array);
-          } finally {
-            for (const x of [images, small, ids]) x?.dispose();
-          }
+          train.push(tidy(() => keep(vq.encode(small!).indices)));
+          for (const x of [images, small]) x?.dispose();
         }
+        const trainUsage = await usageOf(train);
         return { psnr: m.psnr, ssim: m.ssim, codebook_usage: heldUsage, train_codebook_usage: trainUsage };
       },
     });

@@ -6,8 +6,9 @@
 # --noq 1 decodes the encoder's output unquantized, --grad W adds W x the L1 of the finite
 # differences (the project's edge term), --G sets the GroupNorm groups (LlamaGen's 32).
 # Prints held-out PSNR / SSIM (a 16 px output is scored resized bicubic to 32 px) / code usage,
-# the mean-colour error and the codes' synonym entropy in flat regions; SAVE=file.png writes 8 held-out images over their reconstructions,
-# DUMP=file.u8 all 256 (scored by the GenEval checker: geneval-dump.ts).
+# the mean-colour error and the codes' synonym entropy in flat regions; SAVE=file.png writes 8
+# held-out images over their reconstructions, DUMP=file.u8 all 256 (scored by the GenEval
+# checker: geneval-dump.ts).
 #   /usr/bin/python3 vq.py --steps 1900 --ch 16 --grad 0.3          # the recipe (config ch 32, 1800 steps there)
 #   /usr/bin/python3 vq.py --steps 300 --ent 0 --mse 0 --dec32 1    # the former recipe
 import sys, os, argparse
