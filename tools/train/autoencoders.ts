@@ -147,18 +147,17 @@ export async function trainVae(o: StageOptions, tune: Partial<AutoencoderTuning>
 // ---- vq ------------------------------------------------------------------------------------
 
 /**
- * About 25 minutes on the software adapter (1.21 batch-8 steps/s at VQ_CONFIG's ch 32).
+ * About 19 minutes on the software adapter (1.6 batch-8 steps/s at VQ_CONFIG's ch 32).
  * The VQ model reconstructs its own 16 px input, as LlamaGen's tokenizer does at 256 px (eval
- * scores the output resized to 32 px), with LlamaGen's entropy loss (VQ_CONFIG) and MSE and
- * edge terms next to L1 + SSIM. In the PyTorch model of the stage (tools/train/pytorch/README.md),
- * 300 steps of the former recipe (a decoder one level deeper, to 32 px; L1 + SSIM; no entropy
- * loss) gave 17.7 dB with every hue collapsed to pink; the entropy loss 18.8-18.9 (two seeds),
- * + MSE 19.5, + the 16 px target 21.7 with the hues right. The stage is bound by its number of
- * steps, not by width: at ch 64 the PyTorch model gave 22.2 dB after 400 steps and 25.6 after
- * 1000, with the GenEval checker reading 0.14 and 0.25 of its held-out reconstructions (shapes
- * too soft to tell apart); at ch 32, whose step is 2x faster here (0.59 -> 1.21 steps/s),
- * 1900 steps in the same time gave 26.4 dB and 0.37, and 26.8 dB and 0.44 with the edge term
- * (the project's 1800: 26.0 dB / SSIM 0.893, the checker 0.438 through `eval geneval --reconstructed`).
+ * scores the output resized to 32 px), with MSE and edge terms next to L1 + SSIM. In the PyTorch
+ * model of the stage (tools/train/pytorch/README.md), 300 steps of the former recipe (a decoder
+ * one level deeper, to 32 px; L1 + SSIM) gave 17.7 dB with every hue collapsed to pink; LlamaGen's
+ * entropy loss (0.1) 18.8-18.9, + MSE 19.5, + the 16 px target 21.7 with the hues right. With MSE
+ * and the 16 px target the entropy loss is no longer needed, and it made synonyms (VQ_CONFIG).
+ * The stage is bound by its number of steps, not by width: at ch 64 the PyTorch model gave
+ * 22.2 dB after 400 steps and 25.6 after 1000; at ch 32, whose step is 2x faster here, 1900 steps
+ * in the same time gave 26.4 dB and 26.8 with the edge term (the project's 1800 without the
+ * entropy loss: 27.0 dB / SSIM 0.913, the GenEval checker 0.713 through `eval geneval --reconstructed`).
  */
 export const VQ_DEFAULTS = { steps: 1800, batch: 8 };
 const VQ_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 0, loss: { ssim: 0.2, mse: 1, edge: 0.3 } };

@@ -10,13 +10,13 @@
 # held-out images over their reconstructions, DUMP=file.u8 all 256 (scored by the GenEval
 # checker: geneval-dump.ts).
 #   /usr/bin/python3 vq.py --steps 1900 --ch 16 --grad 0.3          # the recipe (config ch 32, 1800 steps there)
-#   /usr/bin/python3 vq.py --steps 300 --ent 0 --mse 0 --dec32 1    # the former recipe
+#   /usr/bin/python3 vq.py --steps 300 --mse 0 --dec32 1            # the former recipe
 import sys, os, argparse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from common import *
 p = argparse.ArgumentParser(); A = p.add_argument
 A('--lr', type=float, default=1e-3); A('--steps', type=int, default=400); A('--batch', type=int, default=8); A('--seed', type=int, default=0)
 A('--K', type=int, default=1024); A('--D', type=int, default=8); A('--ch', type=int, default=32); A('--beta', type=float, default=0.25)
-A('--ent', type=float, default=0.1); A('--mse', type=float, default=1.0); A('--dec32', type=int, default=0); A('--cblr', type=float, default=1.0)
+A('--ent', type=float, default=0.0); A('--mse', type=float, default=1.0); A('--dec32', type=int, default=0); A('--cblr', type=float, default=1.0)
 A('--noq', type=int, default=0); A('--grad', type=float, default=0.0); A('--kmeans', type=int, default=0); A('--kn', type=int, default=2048); A('--pp', type=int, default=0)
 A('--G', type=int, default=32)
 a = p.parse_args(); torch.manual_seed(a.seed); G = a.G  # LlamaGen's GroupNorm(32)
