@@ -58,8 +58,8 @@ export const VQ_CONFIG = {
   commit_loss_beta: 0.25,
   // LlamaGen's default, no codebook entropy loss. At 0.1 (needed by a former recipe whose hues
   // collapsed) a flat colour was written with ~230 synonymous codes the GPT cannot predict; at 0 with
-  // the MSE term and 16 px target the hues hold, 25-50 codes serve a colour, and the stage gains ~1 dB
-  // and runs 25% faster (tools/train/pytorch/README.md, synonyms; README, results).
+  // the MSE term and 16 px target the hues hold, about 25 codes serve a colour (the PyTorch model),
+  // and the stage gains 1 dB and takes a quarter less time (tools/train/pytorch/README.md, synonyms; README).
   entropy_loss_ratio: 0,
   encoder_ch_mult: [1, 2],
   decoder_ch_mult: [1, 2],
