@@ -22,6 +22,8 @@ import { DEFAULT_SEED, type StageOptions, type PixelLossWeights, heldoutReconstr
 /** Settings besides StageOptions (tests shrink them; the defaults are the shipped recipe's). */
 export interface AutoencoderTuning {
   lr: number;
+  /** AdamW's betas */
+  betas: [number, number];
   warmup: number;
   checkpointEvery: number;
   /** held-out images the summary's PSNR / SSIM average over */
@@ -43,7 +45,7 @@ export interface AutoencoderTuning {
  * 0.895 (400 of [32, 64]: 25.6 / 0.895).
  */
 export const VAE_DEFAULTS = { steps: 900, batch: 8 };
-const VAE_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 8, loss: { ssim: 0.2 } };
+const VAE_TUNING: AutoencoderTuning = { lr: 3e-3, betas: [0.9, 0.95], warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 8, loss: { ssim: 0.2, mse: 1, edge: 0.3 } };
 /** SD's KL weight, relative to the reconstruction loss summed over an image's values */
 export const VAE_KL_WEIGHT = 1e-6;
 /**
@@ -108,7 +110,7 @@ export async function trainVae(o: StageOptions, tune: Partial<AutoencoderTuning>
   const seed = o.seed ?? DEFAULT_SEED;
   const vae = await initVae(seed);
   const config = vae.config;
-  const opt = stageAdamW(vae, { lr: t.lr, steps, warmup: t.warmup });
+  const opt = stageAdamW(vae, { lr: t.lr, steps, warmup: t.warmup, betas: t.betas });
   const world = trainWorld();
   try {
     return await runStage({
@@ -160,7 +162,7 @@ export async function trainVae(o: StageOptions, tune: Partial<AutoencoderTuning>
  * entropy loss: 27.0 dB / SSIM 0.913, the GenEval checker 0.713 through `eval geneval --reconstructed`).
  */
 export const VQ_DEFAULTS = { steps: 1800, batch: 8 };
-const VQ_TUNING: AutoencoderTuning = { lr: 1e-3, warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 0, loss: { ssim: 0.2, mse: 1, edge: 0.3 } };
+const VQ_TUNING: AutoencoderTuning = { lr: 1e-3, betas: [0.9, 0.95], warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 0, loss: { ssim: 0.2, mse: 1, edge: 0.3 } };
 
 /** The VQ stage's loss on one batch: reconstruction of the tokenizer copy from its codes + vq + commitment (+ entropy). */
 export function vqLoss(vq: VQModel, small: Tensor, weights: PixelLossWeights): { loss: Tensor; extra: { rec: Tensor; vq: Tensor; commit: Tensor }; indices: Tensor } {
@@ -180,7 +182,7 @@ export async function trainVq(o: StageOptions, tune: Partial<AutoencoderTuning> 
   const seed = o.seed ?? DEFAULT_SEED;
   const config = parseVQConfig(VQ_CONFIG, 'tools/train/configs.ts VQ_CONFIG');
   const vq = withBuild({ dtype: 'f32', generator: new Generator(seed) }, () => new VQModel(config));
-  const opt = stageAdamW(vq, { lr: t.lr, steps, warmup: t.warmup, betas: [0.9, 0.95] });
+  const opt = stageAdamW(vq, { lr: t.lr, steps, warmup: t.warmup, betas: t.betas });
   const world = trainWorld();
   // the fraction of codes used over the last 16 steps' tokens (host side, for the progress line)
   const usage = new CodebookUsage(config.codebookSize, 16 * batch * (TOKENIZER_SIZE / 2) ** 2);

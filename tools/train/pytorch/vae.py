@@ -1,11 +1,13 @@
 # PyTorch model of the `vae` stage (tools/train/autoencoders.ts): diffusers' AutoencoderKL
 # layout at VAE_CONFIG's sizes, the same loss, optimiser and schedule; prints held-out PSNR / SSIM.
-#   /usr/bin/python3 vae.py --steps 900 [--lr 1e-3] [--batch 8] [--lat 4] [--ch 16,32]
+#   /usr/bin/python3 vae.py --steps 900 [--lr 1e-3] [--batch 8] [--lat 4] [--ch 16,32] [--mse W] [--grad W] [--b2 0.99] [--kl 1e-6]
+# (--mse: W x MSE, --grad: W x the L1 of the finite differences, as vq.py)
 import sys, os, argparse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from common import *
 p = argparse.ArgumentParser(); p.add_argument('--ch', default='16,32'); p.add_argument('--lat', type=int, default=4); p.add_argument('--lr', type=float, default=1e-3)
 p.add_argument('--steps', type=int, default=900); p.add_argument('--batch', type=int, default=8); p.add_argument('--G', type=int, default=8); p.add_argument('--ssim', type=float, default=0.2)
-p.add_argument('--attn', type=int, default=1)
+p.add_argument('--attn', type=int, default=1); p.add_argument('--mse', type=float, default=0.0); p.add_argument('--grad', type=float, default=0.0)
+p.add_argument('--b2', type=float, default=0.99); p.add_argument('--kl', type=float, default=1e-6)
 a = p.parse_args(); torch.manual_seed(0)
 ch = [int(x) for x in a.ch.split(',')]; G = a.G; L = a.lat
 class VAE(nn.Module):
@@ -28,12 +30,13 @@ class VAE(nn.Module):
     def forward(s, x):
         m, lv = s.enc(x).chunk(2, 1); z = m + torch.exp(0.5 * lv) * torch.randn_like(m)
         return s.dec(z), m, lv
-vae = VAE(); opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0); sc = sched(opt, a.lr, a.steps, 30)
+vae = VAE(); opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, betas=(0.9, a.b2), weight_decay=0); sc = sched(opt, a.lr, a.steps, 30)
 t0 = time.time()
 for i in range(a.steps):
     idx = torch.randint(0, 12000, (a.batch,)); x = TR32[idx]
     y, m, lv = vae(x); kl = 0.5 * (m ** 2 + lv.exp() - lv - 1).sum() / a.batch
-    loss = pixloss(y, x, a.ssim) + kl * 1e-6 / 3072
+    loss = pixloss(y, x, a.ssim) + a.mse * ((y - x) ** 2).mean() + kl * a.kl / 3072
+    if a.grad: loss = loss + a.grad * sum(((y.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (2, 3)))
     opt.zero_grad(); loss.backward(); opt.step(); sc.step()
     if i % 200 == 0 or i == a.steps - 1:
         with torch.no_grad(): yh = vae.dec(vae.enc(HO32).chunk(2, 1)[0])
