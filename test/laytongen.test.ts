@@ -29,7 +29,7 @@ import { laytonDir, modelDir, saveLaytonDir } from '../tools/modeldir.ts';
 import { tokenizerCopy } from '../tools/train/data.ts';
 import { GENEVAL_CATEGORIES, World, splitOf } from '../tools/world.ts';
 import { buildWorldTokenizer, encodeWorldCaptions, loadTextEncoderDir, worldTextEncoder, worldWords } from '../tools/laytongen/text.ts';
-import { laytonGenGptConfig, laytonGenTokens, setLoss, trainLaytonGen } from '../tools/laytongen/train.ts';
+import { captionTable, laytonGenGptConfig, laytonGenTokens, setLoss, trainLaytonGen } from '../tools/laytongen/train.ts';
 import { type LaytonGen, generateWith, openLaytonGen } from '../tools/laytongen/generate.ts';
 import { evalGenevalReconstructedWith, evalGenevalWith, genevalCaptions } from '../tools/laytongen/geneval.ts';
 import { expectOneLineError, runCli } from './helpers/cli.ts';
@@ -161,6 +161,17 @@ describe('training, generation and mini-GenEval on a tiny root', () => {
     console.log(`training-set loss: initial ${before.toFixed(4)} (ln 64 = ${Math.log(64).toFixed(4)}), after 6 steps ${after.toFixed(4)}; held-out ${summary.metrics.heldout_loss.toFixed(4)}`);
     expect(Math.abs(before - Math.log(64))).toBeLessThan(1e-4);
     expect(after).toBeLessThan(before - 0.2);
+    // the stage's caption table (encoded once, in batches of 3): each row is what encoding its caption in another batch gives
+    const table = await captionTable(text, cache.train, 3);
+    const some = [5, 0, 3];
+    const direct = await encodeWorldCaptions(text, some.map((r) => cache.train.captions[r]));
+    const [w, L] = [table.maxLength * table.dModel, table.maxLength];
+    const rows = (await table.embs.data()) as Float32Array;
+    expect(table.embs.shape).toEqual([8, w]);
+    const pos = (v: number) => v + 0; // the padding rows are ±0 (0 times whatever the batch put there)
+    expect(Array.from(await direct.embs.data(), pos)).toEqual(some.flatMap((r) => Array.from(rows.subarray(r * w, (r + 1) * w), pos)));
+    expect(Array.from(await direct.mask.data())).toEqual(some.flatMap((r) => Array.from(table.mask.subarray(r * L, (r + 1) * L))));
+    [table.embs, direct.embs, direct.mask].forEach((x) => x.dispose());
     // gpt/ holds the last checkpoint's weights
     const ckpt = await openSafetensors(join(root, 'train', 'laytongen', 'ckpt-0000006', 'gpt.safetensors'));
     const state = trained.stateDict();
