@@ -1,7 +1,7 @@
 // The first two stages of `layton-run train layton`: the small AutoencoderKL (standing in for
 // SDXL's VAE) and the VQ tokenizer trained as a VQ autoencoder (as the paper starts from
 // LlamaGen's tokenizer), both on the procedural world.
-//   vae  32 px images -> posterior -> sampled latent -> decoder; L1 + SSIM term + KL (SD's 1e-6
+//   vae  32 px images -> posterior -> sampled latent -> decoder; L1 + SSIM, MSE and edge terms + KL (SD's 1e-6
 //        relative to the summed reconstruction loss); scaling_factor = 1 / std of the trained
 //        latents (as SD set 0.18215), saved to <root>/vae/.
 //   vq   the 16 px tokenizer copy -> encoder -> l2 codebook -> decoder that outputs the full 32 px
@@ -39,10 +39,12 @@ export interface AutoencoderTuning {
 /**
  * About 12 minutes on the 2-core software adapter when it runs alone (1.28 batch-8 steps/s).
  * The stage is step-bound: in a PyTorch model of it, 240 steps gave 19.8 dB and 400 gave 23.2,
- * while a higher lr (3e-3), batch 4 at twice the steps, or 8 latent channels all did worse; at
- * half the widths ([16, 32]) 900 steps gave 27.5 dB / SSIM 0.917 there. Here a [16, 32] step
- * costs a third of a [32, 64] one (1.28 against 0.40 steps/s), and 900 steps gave 26.3 dB /
- * 0.895 (400 of [32, 64]: 25.6 / 0.895).
+ * while batch 4 at twice the steps or 8 latent channels did worse; at half the widths ([16, 32])
+ * 900 steps gave 27.5 dB / SSIM 0.917 there. Here a [16, 32] step costs a third of a [32, 64]
+ * one (1.28 against 0.40 steps/s), and 900 steps gave 26.3 dB / 0.895 with L1 + SSIM at lr 1e-3.
+ * The vq stage's MSE and edge terms, lr 3e-3 and Adam's beta2 0.95 (VAE_TUNING) took the
+ * model to 32.2 dB / 0.962 (lr 3e-3 with beta2 0.99 had done worse) and the project to
+ * 31.2 dB / 0.955 (tools/train/pytorch/README.md).
  */
 export const VAE_DEFAULTS = { steps: 900, batch: 8 };
 const VAE_TUNING: AutoencoderTuning = { lr: 3e-3, betas: [0.9, 0.95], warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 8, loss: { ssim: 0.2, mse: 1, edge: 0.3 } };
