@@ -153,11 +153,11 @@ export async function laytonGenTokens(root: string, trainImages: number, heldout
   }
 }
 
-/** Rows `idx` of a token set as i32 [idx.length, perImage]. */
-function rowsOf(set: TokenSet, idx: number[]): Tensor {
-  const out = new Int32Array(idx.length * set.perImage);
-  idx.forEach((r, k) => out.set(set.tokens.subarray(r * set.perImage, (r + 1) * set.perImage), k * set.perImage));
-  return tensor(out, [idx.length, set.perImage], 'i32');
+/** Rows `idx` of a row-major i32 table of `width` columns, as i32 [idx.length, width]. */
+function rowsOf(table: Int32Array, width: number, idx: number[]): Tensor {
+  const out = new Int32Array(idx.length * width);
+  idx.forEach((r, k) => out.set(table.subarray(r * width, (r + 1) * width), k * width));
+  return tensor(out, [idx.length, width], 'i32');
 }
 
 export interface BatchInputs {
@@ -171,7 +171,7 @@ export interface BatchInputs {
 /** The GPT's inputs for rows `idx` of a token set: caption features (encoded by `text`) and the image tokens. */
 export async function batchInputs(text: CaptionEncoder, set: TokenSet, idx: number[]): Promise<BatchInputs> {
   const f = await encodeWorldCaptions(text, idx.map((r) => set.captions[r]));
-  const tokens = rowsOf(set, idx);
+  const tokens = rowsOf(set.tokens, set.perImage, idx);
   return { embs: f.embs, mask: f.mask, tokens, dispose: () => [f.embs, f.mask, tokens].forEach((x) => x.dispose()) };
 }
 
@@ -213,11 +213,9 @@ function tableInputs(table: CaptionTable, set: TokenSet, idx: number[]): BatchIn
   const B = idx.length;
   const L = table.maxLength;
   const embs = tidy(() => reshape(embedding(tensor(Int32Array.from(idx), [B], 'i32'), table.embs), [B, L, table.dModel]));
-  const mask = new Int32Array(B * L);
-  idx.forEach((r, k) => mask.set(table.mask.subarray(r * L, (r + 1) * L), k * L));
-  const m = tensor(mask, [B, L], 'i32');
-  const tokens = rowsOf(set, idx);
-  return { embs, mask: m, tokens, dispose: () => [embs, m, tokens].forEach((x) => x.dispose()) };
+  const mask = rowsOf(table.mask, L, idx);
+  const tokens = rowsOf(set.tokens, set.perImage, idx);
+  return { embs, mask, tokens, dispose: () => [embs, mask, tokens].forEach((x) => x.dispose()) };
 }
 
 /** Mean teacher-forced cross-entropy over a whole token set (no dropout), in batches. */
@@ -257,9 +255,6 @@ export async function trainLaytonGen(o: StageOptions, tune: Partial<LaytonGenTun
     opt = stageAdamW(gpt, { lr: t.lr, steps, warmup: t.warmup, weightDecay: t.weightDecay, betas: BETAS });
     const [model, optimizer] = [gpt, opt];
     const n = t.trainImages;
-    const t0 = performance.now();
-    const captions = (table = await captionTable(text, data.train, batch));
-    log(`laytongen: encoded the ${n} training captions (${((performance.now() - t0) / 1000).toFixed(0)} s)`, true);
     return await runStage({
       name: 'laytongen',
       dir: stageDir(o.root, 'laytongen'),
@@ -271,7 +266,12 @@ export async function trainLaytonGen(o: StageOptions, tune: Partial<LaytonGenTun
       resume: o.resume,
       log: o.log,
       async step(i, gen) {
-        const inp = tableInputs(captions, data.train, batchIndices(seed, i, batch).map((k) => k % n));
+        if (!table) { // at the first step run, so a finished stage resumes without encoding
+          const t0 = performance.now();
+          table = await captionTable(text, data.train, batch);
+          log(`laytongen: encoded the ${n} training captions (${((performance.now() - t0) / 1000).toFixed(0)} s)`, true);
+        }
+        const inp = tableInputs(table, data.train, batchIndices(seed, i, batch).map((k) => k % n));
         try {
           return await optimStep(optimizer, () => ({ loss: model.loss(inp.embs, inp.tokens, { embMask: inp.mask, train: true, generator: gen }) }), GRAD_CLIP);
         } finally {
