@@ -1,7 +1,7 @@
 # Shared parts of the PyTorch models of the recipe's autoencoder stages (see README.md): the
 # world images written by dump-world.ts, the stage's loss (L1 + 0.2 (1 - SSIM), the SSIM of
-# tools/train/stage.ts), PSNR as tools/metrics.ts computes it, the warmup + cosine schedule of
-# stageAdamW, and diffusers' ResnetBlock2D / single-head attention block / mid block.
+# tools/train/stage.ts) and its edge term, PSNR as tools/metrics.ts computes it, the warmup +
+# cosine schedule of stageAdamW, and diffusers' ResnetBlock2D / single-head attention block / mid block.
 import torch, torch.nn as nn, torch.nn.functional as F, numpy as np, math, time, sys, os
 torch.set_num_threads(int(os.environ.get('NT', '2')))  # NT=1 runs two models side by side on 2 cores
 DATA = os.environ.get('WORLD_DIR', '/tmp/world')
@@ -21,6 +21,7 @@ def ssim(a, b):
     den = (mx * mx + my * my + 1e-4) * (exx + eyy - mx * mx - my * my + 9e-4)
     return (num / den).mean()
 def pixloss(p, t, w=0.2): return (p - t).abs().mean() + w * (1 - ssim(p, t))
+def edgeloss(p, t): return sum((p.diff(dim=d) - t.diff(dim=d)).abs().mean() for d in (2, 3))  # stage.ts edgeLoss
 def psnr(p, t):
     p = ((p.clamp(-1, 1) * .5 + .5) * 255).round(); t = ((t * .5 + .5) * 255).round()
     mse = ((p - t) ** 2).flatten(1).mean(1)

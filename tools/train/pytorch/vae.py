@@ -36,7 +36,7 @@ for i in range(a.steps):
     idx = torch.randint(0, 12000, (a.batch,)); x = TR32[idx]
     y, m, lv = vae(x); kl = 0.5 * (m ** 2 + lv.exp() - lv - 1).sum() / a.batch
     loss = pixloss(y, x, a.ssim) + a.mse * ((y - x) ** 2).mean() + kl * a.kl / 3072
-    if a.grad: loss = loss + a.grad * sum(((y.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (2, 3)))
+    if a.grad: loss = loss + a.grad * edgeloss(y, x)
     opt.zero_grad(); loss.backward(); opt.step(); sc.step()
     if i % 200 == 0 or i == a.steps - 1:
         with torch.no_grad(): yh = vae.dec(vae.enc(HO32).chunk(2, 1)[0])

@@ -65,7 +65,7 @@ for i in range(a.steps):
     idx = torch.randint(0, 12000, (a.batch,))
     zq, ql, ids = quant(enc(TR16[idx])); y = dec(zq); T = TR32[idx] if a.dec32 else TR16[idx]
     loss = pixloss(y, T) + a.mse * ((y - T) ** 2).mean() + ql
-    if a.grad: loss = loss + a.grad * sum(((y.diff(dim=d) - T.diff(dim=d)).abs().mean() for d in (2, 3)))
+    if a.grad: loss = loss + a.grad * edgeloss(y, T)
     opt.zero_grad(); loss.backward(); opt.step(); sc.step()
     if i % 200 == 0 or i == a.steps - 1:
         with torch.no_grad(): zq, _, ids = quant(enc(HO16)); yh = dec(zq, True)
