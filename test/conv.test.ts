@@ -198,6 +198,9 @@ describe('conv2d tile paths vs a float64 CPU conv, forward and gradients', () =>
     [1, 6, 11, 14, 40, 3, 1, [2, 0, 1, 1], false], // asymmetric padding; dW 40 x 54
     [2, 20, 9, 10, 8, 3, 2, [1, 1, 1, 1], true], // O = 8, C = 20
     [3, 32, 8, 8, 16, 3, 1, [1, 1, 1, 1], false], // O = 16, C = 32 (32-row tile in grad_input)
+    // widths a multiple of 4: im2col's vec4 rows (every shift s − padL mod 4 with 5x5) in forward and stride-1 dX
+    [2, 3, 8, 12, 5, 5, 1, [2, 2, 2, 2], false],
+    [2, 4, 9, 8, 6, 3, 1, [0, 1, 2, 0], true],
     [2, 4, 12, 12, 32, 3, 1, [0, 0, 0, 0], false], // O = 32, C = 4
     [2, 6, 7, 9, 5, 1, 1, [0, 0, 0, 0], true], // 1x1: the matmul path, with bias, residual and SiLU
   ];
@@ -222,7 +225,7 @@ describe('conv2d tile paths vs a float64 CPU conv, forward and gradients', () =>
   });
 
   // the same shapes through the GEMM path: edge cases of im2col / col2im (O = 3, C = 3, stride 2, asymmetric padding)
-  it.each(IMPLS.flatMap((impl) => cases.map((c) => [...c, impl] as const)))('N=%i C=%i H=%i W=%i O=%i %ix%i stride %i padding %j residual+silu %s (%s path)', async (n, c, h, wd, o, k, stride, pad, epi, impl) => {
+  it.each(IMPLS.flatMap((impl) => cases.map((c) => [...c, impl] as const)))('N=%i C=%i H=%i W=%i O=%i kernel %i stride %i padding %j residual+silu %s (%s path)', async (n, c, h, wd, o, k, stride, pad, epi, impl) => {
     const oh = Math.floor((h + pad[0] + pad[1] - k) / stride) + 1;
     const ow = Math.floor((wd + pad[2] + pad[3] - k) / stride) + 1;
     const shapes = { x: [n, c, h, wd], w: [o, c, k, k], b: [o], y: [n, o, oh, ow] };

@@ -5,10 +5,11 @@
 import { device } from '../device.ts';
 import { noGrad, record, needsGrad } from '../autograd.ts';
 import { Tensor, withView } from '../tensor.ts';
-import { bindRange, grid1d } from './util.ts';
+import { bindRange, grid1d, vec4View } from './util.ts';
 import { add, silu } from './elementwise.ts';
 import { matmulKernel } from './matmul.ts';
 import { sum } from './reduce.ts';
+import { permute } from './shape.ts';
 
 /** One value for every side, or [top, bottom, left, right] (F.pad lists (left, right, top, bottom)). */
 export type Padding = number | readonly [number, number, number, number];
@@ -186,16 +187,19 @@ function usesGemmPath(g: Geometry, dtype: string, impl: Conv2dOptions['impl'] = 
   return impl === 'auto' && colsSize(g) * (dtype === 'f16' ? 2 : 4) <= COLS_BYTES;
 }
 
-function colsLaunch(entry: 'im2col' | 'col2im', src: Tensor, shape: number[], g: Geometry): Tensor {
+/** im2col (flip: the transposed convolution's taps, see kernels/im2col.wgsl) or col2im of src under geometry g. */
+function colsLaunch(entry: 'im2col' | 'col2im', src: Tensor, shape: number[], g: Geometry, flip = false): Tensor {
   const out = Tensor.empty(shape, src.dtype);
   const r = bindRange(src);
   const threads = entry === 'im2col' ? out.size / g.ow : out.size; // im2col: a thread per output row
+  // rows of whole vec4s: stride 1 and input rows, output rows and the start aligned to 4
+  const vec4 = entry === 'im2col' && g.stride === 1 && g.w % 4 === 0 && g.ow % 4 === 0 && r.elemOffset % 4 === 0;
   device().dispatch({
     kernel: 'im2col',
-    entry,
+    entry: vec4 ? 'im2col_vec4' : entry,
     defines: { T: src.dtype },
-    buffers: [r.binding, out.binding()],
-    params: [g.c, g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.stride, g.padT, g.padL, r.elemOffset, threads],
+    buffers: vec4 ? [vec4View(r.binding), out.binding()] : [r.binding, out.binding()],
+    params: [g.c, g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.stride, g.padT, g.padL, r.elemOffset, threads, flip ? 1 : 0],
     workgroups: grid1d(threads),
   });
   return out;
@@ -230,7 +234,24 @@ function gemmForwardRaw(x: Tensor, w: Tensor, b: Tensor | undefined, res: Tensor
   return out;
 }
 
+/**
+ * dX of the GEMM path. Stride 1: the transposed convolution as a forward one, Wᵀ · im2col(dY)
+ * with the taps flipped and padding KH−1−padT (KW−1−padL): the column matrix comes from
+ * im2col's vec4 rows and needs no col2im, whose per-tap gathers are scalar loads (Wᵀ here is
+ * w with O and C swapped, a copy of the weights). Strided convs: col2im(Wᵀ · dY).
+ */
 function gemmGradInput(dy: Tensor, w: Tensor, g: Geometry): Tensor {
+  if (!isPlainGemm(g) && g.stride === 1 && g.padT < g.kh && g.padL < g.kw) {
+    const gt: Geometry = { ...g, c: g.o, h: g.oh, w: g.ow, o: g.c, oh: g.h, ow: g.w, padT: g.kh - 1 - g.padT, padL: g.kw - 1 - g.padL };
+    const cols = colsLaunch('im2col', dy, [g.n, g.o * g.kh * g.kw, g.h * g.w], gt, true);
+    const wt = noGrad(() => permute(w, [1, 0, 2, 3]));
+    const wt2 = wt.view([g.c, g.o * g.kh * g.kw]);
+    const dx = matmulKernel(wt2, cols, {});
+    for (const t of [cols, wt, wt2]) t.dispose();
+    const out = dx.view([g.n, g.c, g.h, g.w]);
+    dx.dispose();
+    return out;
+  }
   const w2 = w.view([g.o, g.c * g.kh * g.kw]);
   const dcols = withView(dy, [g.n, g.o, g.oh * g.ow], (d) => matmulKernel(w2, d, { transA: true }));
   w2.dispose();

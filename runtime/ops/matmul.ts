@@ -1,8 +1,8 @@
 // Batched matmul with transposes and a fused bias + activation epilogue (kernels/matmul.wgsl).
-import { device, type Binding } from '../device.ts';
+import { device } from '../device.ts';
 import { record, needsGrad } from '../autograd.ts';
 import { Tensor, numel } from '../tensor.ts';
-import { bindRange, broadcastShapes } from './util.ts';
+import { bindRange, broadcastShapes, vec4View } from './util.ts';
 import { map, unary } from './elementwise.ts';
 import { sum, sumTo } from './reduce.ts';
 
@@ -34,12 +34,6 @@ export function matmulTileFor(m: number, vecB: boolean): MatmulTile {
   const cap = cpu && vecB ? 32 : 16;
   const tm = m <= 2 ? m : m <= 4 ? 4 : Math.min(cap, Math.ceil(m / 8) * 8);
   return { tm, tn4: cpu && vecB ? 2 : 1, wx: cpu ? 8 : 64, group: group8 && tm % 8 === 0 ? 8 : 1 };
-}
-
-/** The same bytes viewed as array<vec4<T>>: whole 16-byte units (pool buffers are multiples of 16). */
-function vec4View(b: Binding): Binding {
-  const offset = b.offset ?? 0;
-  return { buffer: b.buffer, offset, size: Math.min(Math.ceil((b.size ?? b.buffer.size - offset) / 16) * 16, b.buffer.size - offset) };
 }
 
 export interface MatmulOptions {

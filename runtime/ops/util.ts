@@ -57,6 +57,12 @@ export function bindRange(t: Tensor): { binding: Binding; elemOffset: number } {
   return { binding: { buffer: t.storage.buffer, offset: aligned, size }, elemOffset: rem };
 }
 
+/** The same bytes viewed as array<vec4<T>>: whole 16-byte units (pool buffers are multiples of 16). */
+export function vec4View(b: Binding): Binding {
+  const offset = b.offset ?? 0;
+  return { buffer: b.buffer, offset, size: Math.min(Math.ceil((b.size ?? b.buffer.size - offset) / 16) * 16, b.buffer.size - offset) };
+}
+
 /** Workgroup grid covering n items of `per` each, folded into 2D past the per-dimension limit. */
 export function grid1d(n: number, per = 256): [number, number] {
   const wg = Math.ceil(n / per);
