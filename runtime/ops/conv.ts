@@ -169,7 +169,7 @@ function gradWeight(dy: Tensor, x: Tensor, g: Geometry): Tensor {
 
 // ---- the GEMM path --------------------------------------------------------------------------
 // conv2d as batched GEMMs on the matmul kernel around an explicit column matrix
-// (kernels/im2col.wgsl): y[n] = W [O, C·KH·KW] · cols[n], dX = col2im(Wᵀ · dY[n]),
+// (kernels/im2col.wgsl): y[n] = W [O, C·KH·KW] · cols[n], dX = col2im(Wᵀ · dY[n]) (stride 1: see gemmGradInput),
 // dW = Σ_n dY[n] · cols[n]ᵀ (cols recomputed, not kept: backward holds x and w only, as the
 // kernel path). A 1x1, stride-1, unpadded conv is its own column matrix. The matmul kernel's
 // register tiles fed by subgroupShuffle outrun the implicit-GEMM kernel's workgroup-memory
