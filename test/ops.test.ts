@@ -12,6 +12,7 @@ import {
 import { randomArray } from '../runtime/gradcheck.ts';
 import { openSafetensors } from '../runtime/platform/node-fs.ts';
 import * as ref from './ref/cpu.ts';
+import { copyTuning } from '../runtime/ops/shape.ts';
 import { type Arr, maxRelError } from './ref/cpu.ts';
 
 const f32 = (a: ArrayLike<number>): Float64Array => Float64Array.from(a, Math.fround);
@@ -296,11 +297,18 @@ describe('softmax', () => {
 });
 
 // ---- shape ops -----------------------------------------------------------------------
-describe('shape ops', () => {
+// kernels/copy.wgsl with the adapter's run length and with runs of 1 and 3 elements (a GPU's, and one that splits rows of 5 and 7)
+describe.each([null, 1, 3])('shape ops (copy run %s)', (run) => {
   const x = rnd([2, 3, 5, 7], 90);
   let t: Tensor;
-  beforeAll(() => void (t = up(x)));
-  afterAll(() => t.dispose());
+  beforeAll(() => {
+    copyTuning.run = run;
+    t = up(x);
+  });
+  afterAll(() => {
+    copyTuning.run = null;
+    t.dispose();
+  });
 
   it('permute / transpose', async () => {
     for (const perm of [[3, 1, 0, 2], [0, 1, 3, 2], [1, 0, 2, 3], [-1, -2, -3, -4]]) await expectClose('permute', permute(t, perm), ref.permute(x, perm), 0);
