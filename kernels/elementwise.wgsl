@@ -1,7 +1,9 @@
 // Elementwise map over up to three broadcast inputs: out = EXPR(x0, x1, x2).
 // Specialised by text: IN0_T..IN2_T / OUT_T storage types, CT the compute type, EXPR.
 // Unused inputs are bound to input 0 and never read (NIN). Broadcasting and views are
-// strides + element offsets; FAST skips the index arithmetic when all are contiguous.
+// strides + element offsets; FAST skips the index arithmetic when all are contiguous. Otherwise
+// the host merges axes (runtime/ops/util.ts coalesceAxes) and the index is divided over the
+// `rank` axes left only (a division by a runtime value is a scalar loop per lane on llvmpipe).
 // EXPR may use `i`, the output element's linear index; a chunk of a tensor past the
 // binding limit (FAST only) is bound as its own range and starts at index `base`.
 override NIN: u32 = 1u;
@@ -16,6 +18,7 @@ struct Params {
   off0: u32, off1: u32, off2: u32, offOut: u32,
   alpha: f32, beta: f32,
   base: u32,
+  rank: u32,  // axes 8 - rank .. 7 are in use
 }
 
 @group(0) @binding(0) var<storage, read> in0: array<{{IN0_T}}>;
@@ -35,14 +38,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (!FAST) {
     i0 = 0u; i1 = 0u; i2 = 0u;
     var r = li;
-    for (var d = 7; d >= 0; d--) {
-      let du = u32(d);
-      let ext = at8(p.shape, du);
+    for (var d = 7u; d >= 8u - p.rank && d < 8u; d--) {
+      let ext = at8(p.shape, d);
       let k = r % ext;
       r = r / ext;
-      i0 += k * at8(p.s0, du);
-      i1 += k * at8(p.s1, du);
-      i2 += k * at8(p.s2, du);
+      i0 += k * at8(p.s0, d);
+      i1 += k * at8(p.s1, d);
+      i2 += k * at8(p.s2, d);
     }
   }
   let alpha = p.alpha;

@@ -56,14 +56,17 @@ function laneGroup(): number {
   return d.hasSubgroups && (d.adapterInfo.subgroupMinSize ?? 0) >= 8 ? 8 : 1;
 }
 
-function rowsPerThread(d: number, group: number): number {
+function rowsPerThread(d: number, group: number, rows: number): number {
   if (attentionTuning.rowsPerThread) return attentionTuning.rowsPerThread;
   // Software adapters run each lane's memory access separately, so what pays is reusing every
   // staged K/V element for more rows; the register tile is capped where the shader compiler
   // stops unrolling its loops (then the rows become indexed memory and speed drops 3-5x):
-  // about 192 row elements with subgroup shuffles in the loop body, 256 without. On GPUs 1-2
-  // rows keep q, o and the accumulators within the register file.
-  if (isCpuAdapter()) return Math.max(1, Math.min(4, Math.floor((group > 1 ? 192 : 256) / d)));
+  // about 192 row elements with subgroup shuffles in the loop body, 256 without. Short
+  // sequences take no more rows a thread than fill the workgroup once: a workgroup serves one
+  // (batch, head), and idle lanes cost as much as busy ones here (LaytonGen's 80 positions,
+  // d 32: 4 rows left 3/4 of the lanes idle, and all three passes took 1.6x the time of 2 rows).
+  // On GPUs 1-2 rows keep q, o and the accumulators within the register file.
+  if (isCpuAdapter()) return Math.max(1, Math.min(4, Math.floor((group > 1 ? 192 : 256) / d), Math.ceil(rows / WG)));
   return d <= 64 ? 2 : 1;
 }
 
@@ -209,7 +212,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   }
   const pad = keyPadding && keyPadding.dtype !== 'f32' ? noGrad(() => cast(keyPadding, 'f32')) : keyPadding;
   const group = laneGroup();
-  const c: Ctx = { B, H, L, S, d, kvRows: S, causal: !!opts.causal, scale: opts.scale ?? 1 / Math.sqrt(d), pad, mask, rq: rowsPerThread(d, group), group };
+  const c: Ctx = { B, H, L, S, d, kvRows: S, causal: !!opts.causal, scale: opts.scale ?? 1 / Math.sqrt(d), pad, mask, rq: rowsPerThread(d, group, Math.max(L, S)), group };
   const { o, lse } = forward(c, q, k, v);
   const extras = [pad, mask].filter((t): t is Tensor => !!t);
   record('attention', o, [q, k, v], [q, k, v, o, lse, ...extras], (g, [qs, ks, vs, os, ls, ...ex]) => {

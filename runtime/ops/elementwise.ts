@@ -4,7 +4,7 @@ import { device, f32 } from '../device.ts';
 import { type DType, isFloat } from '../dtype.ts';
 import { record } from '../autograd.ts';
 import { Tensor } from '../tensor.ts';
-import { bindRange, broadcastShapes, broadcastStrides, grid1d, pad8 } from './util.ts';
+import { bindRange, broadcastShapes, broadcastStrides, coalesceAxes, grid1d, pad8 } from './util.ts';
 import { sumTo } from './reduce.ts';
 
 export interface MapOptions {
@@ -53,16 +53,17 @@ export function mapInto(out: Tensor, expr: string, inputs: Tensor[], opts: MapOp
     const part = (t: Tensor): Tensor => (chunk === n ? t : t.view([len], t.offset + start));
     const views = [...slots, out].map(part);
     const ranges = views.map(bindRange);
-    const strides = slots.map((t) => pad8(fast ? [] : broadcastStrides(t.shape, out.shape), 0));
+    const axes = fast ? { shape: [len], strides: [[], [], []] } : coalesceAxes(out.shape, slots.map((t) => broadcastStrides(t.shape, out.shape)));
+    const strides = axes.strides.map((st) => pad8(st, 0));
     dev.dispatch({
       kernel: 'elementwise',
       defines,
       constants,
       buffers: ranges.map((r) => r.binding),
       params: [
-        ...pad8(fast ? [len] : out.shape, 1), ...strides[0], ...strides[1], ...strides[2],
+        ...pad8(axes.shape, 1), ...strides[0], ...strides[1], ...strides[2],
         len, ranges[0].elemOffset, ranges[1].elemOffset, ranges[2].elemOffset, ranges[3].elemOffset,
-        f32(opts.alpha ?? 0), f32(opts.beta ?? 0), start,
+        f32(opts.alpha ?? 0), f32(opts.beta ?? 0), start, axes.shape.length,
       ],
       workgroups: grid1d(len),
     });

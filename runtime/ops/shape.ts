@@ -4,37 +4,20 @@ import { device } from '../device.ts';
 import { type DType } from '../dtype.ts';
 import { record } from '../autograd.ts';
 import { Tensor, numel, withView, type Shape } from '../tensor.ts';
-import { bindRange, grid1d, normAxis, pad8, stridesOf } from './util.ts';
+import { bindRange, coalesceAxes, grid1d, normAxis, pad8, stridesOf } from './util.ts';
 import { map } from './elementwise.ts';
 import { full } from './create.ts';
 import { sumTo } from './reduce.ts';
 
 /** dst[shape] (strides ds) = src (strides ss), both starting at their tensor's offset. */
-/** Axes of extent 1 dropped and neighbours contiguous in both strides merged (what kernels/copy.wgsl iterates). */
-function coalesce(shape: Shape, ss: number[], ds: number[]): { shape: number[]; ss: number[]; ds: number[] } {
-  const o = { shape: [] as number[], ss: [] as number[], ds: [] as number[] };
-  shape.forEach((n, i) => {
-    if (n === 1) return;
-    const j = o.shape.length - 1;
-    if (j >= 0 && o.ss[j] === ss[i] * n && o.ds[j] === ds[i] * n) {
-      o.shape[j] *= n;
-      o.ss[j] = ss[i];
-      o.ds[j] = ds[i];
-    } else {
-      o.shape.push(n);
-      o.ss.push(ss[i]);
-      o.ds.push(ds[i]);
-    }
-  });
-  return o.shape.length ? o : { shape: [1], ss: [0], ds: [0] };
-}
-
 export function copyStrided(src: Tensor, ss: number[], dst: Tensor, ds: number[], shape: Shape): void {
   if (numel(shape) === 0) return;
-  const c = coalesce(shape, ss, ds);
+  const c = coalesceAxes(shape, [ss, ds]);
+  const [cs, cd] = c.strides;
+  const inner = c.shape[c.shape.length - 1];
   const run = copyRun();
-  const runs = Math.ceil(c.shape[c.shape.length - 1] / run);
-  const n = (numel(c.shape) / c.shape[c.shape.length - 1]) * runs;
+  const runs = Math.ceil(inner / run);
+  const n = (numel(c.shape) / inner) * runs;
   const a = bindRange(src);
   const b = bindRange(dst);
   device().dispatch({
@@ -42,7 +25,7 @@ export function copyStrided(src: Tensor, ss: number[], dst: Tensor, ds: number[]
     defines: { IN_T: src.dtype, OUT_T: dst.dtype },
     constants: { RUN: run },
     buffers: [a.binding, b.binding],
-    params: [...pad8(c.shape, 1), ...pad8(c.ss, 0), ...pad8(c.ds, 0), n, a.elemOffset, b.elemOffset, c.shape.length, runs],
+    params: [...pad8(c.shape, 1), ...pad8(cs, 0), ...pad8(cd, 0), n, a.elemOffset, b.elemOffset, c.shape.length, runs],
     workgroups: grid1d(n),
   });
 }

@@ -40,6 +40,30 @@ export function broadcastStrides(shape: Shape, target: Shape): number[] {
   });
 }
 
+/**
+ * An iteration over `shape` with one stride list per operand, simplified: axes of extent 1
+ * dropped, and an axis merged into the next when every operand steps over it contiguously
+ * (outer stride = inner stride x inner extent). Kernels that index by division (copy,
+ * elementwise) then divide over fewer axes: on llvmpipe each division by a runtime value is a
+ * scalar loop over the lanes. At least one axis remains.
+ */
+export function coalesceAxes(shape: readonly number[], strides: number[][]): { shape: number[]; strides: number[][] } {
+  const out = { shape: [] as number[], strides: strides.map(() => [] as number[]) };
+  shape.forEach((n, i) => {
+    if (n === 1) return;
+    const j = out.shape.length - 1;
+    if (j >= 0 && strides.every((s, k) => out.strides[k][j] === s[i] * n)) {
+      out.shape[j] *= n;
+      strides.forEach((s, k) => (out.strides[k][j] = s[i]));
+    } else {
+      out.shape.push(n);
+      strides.forEach((s, k) => out.strides[k].push(s[i]));
+    }
+  });
+  if (!out.shape.length) return { shape: [1], strides: strides.map(() => [0]) };
+  return out;
+}
+
 /** Pads a shape/stride list on the left to 8 entries (the kernels' fixed rank). */
 export function pad8(v: readonly number[], fill: number): number[] {
   if (v.length > 8) throw new Error(`rank ${v.length} exceeds the supported 8`);
