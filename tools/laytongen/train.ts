@@ -37,7 +37,8 @@ import { CAPTION_TOKENS, type CaptionEncoder, encodeWorldCaptions, saveTextEncod
  * plus the 8,448 cached images came to 34.7 minutes (held-out loss 3.31, still falling); 960
  * came to 40.0 (3.00), then 43.8 and 46.9 on the current tokens (2.6-2.85 s a step: the same
  * work ran up to 12% slower in later hours). captionTable then took 0.11 s off a step (29 s once),
- * about 80 s a run: the 45 minutes still have almost no margin.
+ * and the copy kernel's runs and attention's row count (README) 2.88 -> 2.22 s a step in 40-step
+ * runs (weights bit-identical): about 37 minutes a run, 8 inside the 45.
  */
 export const LAYTONGEN_DEFAULTS = { steps: 960, batch: 32 };
 

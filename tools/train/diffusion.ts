@@ -37,9 +37,10 @@ import {
 
 /**
  * Per-stage defaults for this 2-core software adapter. Measured at batch 8 on the default
- * configs (UNet [32, 64], VAE [16, 32]), machine otherwise idle: ldm 1.47 it/s, consistency 1.47,
- * stage 1 1.13, stage 2 0.79 (half the steps 2-step), so these take about 7 + 2.3 + 4.6 + 21
- * minutes, ~35 of `train layton`'s 75. At the former widths (UNet [64, 128], VAE [32, 64]) a step
+ * configs (UNet [32, 64], VAE [16, 32]), machine otherwise idle, 40-step runs with today's
+ * kernels: ldm 0.66 s a step, consistency 0.67, stage 1 0.73, stage 2 1.12 (half the steps
+ * 2-step), so these take about 6.6 + 2.2 + 3.6 + 26 minutes, ~38 of `train layton`'s 75
+ * (vae and vq about 10 and 18 more). At the former widths (UNet [64, 128], VAE [32, 64]) a step
  * cost 2.1-3.7x as much (ldm 0.40 it/s, stage 2 0.38) and 160 ldm steps gave about the held-out x0
  * MSE that 160 narrow ones do (0.89 / 0.15 against 0.69 / 0.16 at t = 999 / 499): these stages are
  * bound by steps too, so the narrow models train 3-4x the steps in about the same time.
