@@ -245,9 +245,8 @@ function gemmGradInput(dy: Tensor, w: Tensor, g: Geometry): Tensor {
     const gt: Geometry = { ...g, c: g.o, h: g.oh, w: g.ow, o: g.c, oh: g.h, ow: g.w, padT: g.kh - 1 - g.padT, padL: g.kw - 1 - g.padL };
     const cols = colsLaunch('im2col', dy, [g.n, g.o * g.kh * g.kw, g.h * g.w], gt, true);
     const wt = noGrad(() => permute(w, [1, 0, 2, 3]));
-    const wt2 = wt.view([g.c, g.o * g.kh * g.kw]);
-    const dx = matmulKernel(wt2, cols, {});
-    for (const t of [cols, wt, wt2]) t.dispose();
+    const dx = withView(wt, [g.c, g.o * g.kh * g.kw], (a) => matmulKernel(a, cols, {}));
+    for (const t of [cols, wt]) t.dispose();
     const out = dx.view([g.n, g.c, g.h, g.w]);
     dx.dispose();
     return out;
