@@ -133,6 +133,8 @@ export class Layton {
       const out = this.branch.forward(zt, t, states, c, { added, conditioningScale: this.config.conditioningScale });
       const a = this.scheduler.alphasCumprod[t];
       if (a === undefined) throw new Error(`Layton: timestep ${t} is outside the schedule`);
+      if (a === 0 && this.scheduler.config.prediction_type === 'epsilon')
+        throw new Error(`Layton: an epsilon-prediction UNet has no x0 at timestep ${t}, where the schedule is pure noise (rescale_betas_zero_snr); use v_prediction`);
       const [sa, sb] = [Math.sqrt(a), Math.sqrt(1 - a)];
       switch (this.scheduler.config.prediction_type) {
         case 'epsilon': return mulScalar(sub(zt, mulScalar(out, sb)), 1 / sa);

@@ -1,7 +1,8 @@
 // Noise schedulers as diffusers defines them: DDPM (training targets and ancestral sampling),
 // DDIM, Euler discrete (SDXL's default), LCM and TCD (few-step distilled models).
 // DDPM, DDIM and Euler follow diffusers v0.21; LCM and TCD postdate it and follow the current
-// source (its LCM timestep spacing, floor(linspace(...)), replaced v0.22's stride).
+// source (its LCM timestep spacing, floor(linspace(...)), replaced v0.22's stride). DDPM takes
+// rescale_betas_zero_snr as later diffusers does (v0.21 has it in DDIM only; the code is shared).
 //
 // Schedules (betas, alphas_cumprod, timesteps, sigmas) are plain numbers from pure functions.
 // diffusers computes them in float32 torch and float64 numpy; Math.fround marks where a value
@@ -37,12 +38,14 @@ export interface SchedulerConfig {
   original_inference_steps: number;
   /** LCM: timestep multiplier in the boundary-condition scalings */
   timestep_scaling: number;
+  /** shift and scale sqrt(alphas_cumprod) so that the last timestep is pure noise (Lin et al. 2023; needs v_prediction or sample) */
+  rescale_betas_zero_snr: boolean;
 }
 
 const BASE_DEFAULTS: SchedulerConfig = {
   num_train_timesteps: 1000, beta_start: 0.0001, beta_end: 0.02, beta_schedule: 'linear', prediction_type: 'epsilon',
   timestep_spacing: 'leading', steps_offset: 0, clip_sample: true, clip_sample_range: 1, set_alpha_to_one: true,
-  original_inference_steps: 50, timestep_scaling: 10,
+  original_inference_steps: 50, timestep_scaling: 10, rescale_betas_zero_snr: false,
 };
 const CONSISTENCY_DEFAULTS: Partial<SchedulerConfig> = { beta_start: 0.00085, beta_end: 0.012, beta_schedule: 'scaled_linear', clip_sample: false };
 
@@ -56,11 +59,11 @@ export const DEFAULT_CONFIGS: Record<SchedulerClass, SchedulerConfig> = {
 };
 
 const COMMON_FIELDS = ['num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule', 'prediction_type', 'timestep_spacing', 'steps_offset'] as const;
-const CONSISTENCY_FIELDS = [...COMMON_FIELDS, 'clip_sample', 'clip_sample_range', 'set_alpha_to_one', 'original_inference_steps', 'timestep_scaling'] as const;
+const CONSISTENCY_FIELDS = [...COMMON_FIELDS, 'clip_sample', 'clip_sample_range', 'set_alpha_to_one', 'original_inference_steps', 'timestep_scaling', 'rescale_betas_zero_snr'] as const;
 /** The SchedulerConfig fields each class has. */
 const CLASS_FIELDS: Record<SchedulerClass, readonly (keyof SchedulerConfig)[]> = {
-  DDPMScheduler: [...COMMON_FIELDS, 'clip_sample', 'clip_sample_range'],
-  DDIMScheduler: [...COMMON_FIELDS, 'clip_sample', 'clip_sample_range', 'set_alpha_to_one'],
+  DDPMScheduler: [...COMMON_FIELDS, 'clip_sample', 'clip_sample_range', 'rescale_betas_zero_snr'],
+  DDIMScheduler: [...COMMON_FIELDS, 'clip_sample', 'clip_sample_range', 'set_alpha_to_one', 'rescale_betas_zero_snr'],
   EulerDiscreteScheduler: COMMON_FIELDS,
   LCMScheduler: CONSISTENCY_FIELDS,
   TCDScheduler: CONSISTENCY_FIELDS,
@@ -73,11 +76,11 @@ const UNSUPPORTED: Record<string, unknown> = {
   timestep_type: 'discrete', final_sigmas_type: 'zero', sigma_min: null, sigma_max: null,
 };
 const CLASS_UNSUPPORTED: Record<SchedulerClass, readonly string[]> = {
-  DDPMScheduler: ['trained_betas', 'thresholding', 'rescale_betas_zero_snr', 'variance_type'],
-  DDIMScheduler: ['trained_betas', 'thresholding', 'rescale_betas_zero_snr'],
+  DDPMScheduler: ['trained_betas', 'thresholding', 'variance_type'],
+  DDIMScheduler: ['trained_betas', 'thresholding'],
   EulerDiscreteScheduler: ['trained_betas', 'rescale_betas_zero_snr', 'interpolation_type', 'use_karras_sigmas', 'use_exponential_sigmas', 'use_beta_sigmas', 'timestep_type', 'final_sigmas_type', 'sigma_min', 'sigma_max'],
-  LCMScheduler: ['trained_betas', 'thresholding', 'rescale_betas_zero_snr'],
-  TCDScheduler: ['trained_betas', 'thresholding', 'rescale_betas_zero_snr'],
+  LCMScheduler: ['trained_betas', 'thresholding'],
+  TCDScheduler: ['trained_betas', 'thresholding'],
 };
 
 const READ: { [K in keyof SchedulerConfig]: (r: ConfigReader, def: SchedulerConfig[K]) => SchedulerConfig[K] } = {
@@ -93,6 +96,7 @@ const READ: { [K in keyof SchedulerConfig]: (r: ConfigReader, def: SchedulerConf
   set_alpha_to_one: (r, d) => r.bool('set_alpha_to_one', d),
   original_inference_steps: (r, d) => r.int('original_inference_steps', d, 1),
   timestep_scaling: (r, d) => r.num('timestep_scaling', d),
+  rescale_betas_zero_snr: (r, d) => r.bool('rescale_betas_zero_snr', d),
 };
 
 /**
@@ -168,8 +172,13 @@ function linspaceF32(start: number, end: number, n: number): number[] {
   return Array.from({ length: n }, (_, i) => f32(n === 1 ? a : a + ((b - a) * i) / (n - 1)));
 }
 
-/** diffusers' betas (float32 values) */
-export function betasFor(cfg: Pick<SchedulerConfig, 'num_train_timesteps' | 'beta_start' | 'beta_end' | 'beta_schedule'>): Float64Array {
+/** diffusers' betas (float32 values), rescaled to zero terminal SNR when the config says so */
+export function betasFor(cfg: Pick<SchedulerConfig, 'num_train_timesteps' | 'beta_start' | 'beta_end' | 'beta_schedule'> & { rescale_betas_zero_snr?: boolean }): Float64Array {
+  const betas = baseBetas(cfg);
+  return cfg.rescale_betas_zero_snr ? rescaleZeroTerminalSnr(betas) : betas;
+}
+
+function baseBetas(cfg: Pick<SchedulerConfig, 'num_train_timesteps' | 'beta_start' | 'beta_end' | 'beta_schedule'>): Float64Array {
   const n = cfg.num_train_timesteps;
   switch (cfg.beta_schedule) {
     case 'linear':
@@ -182,6 +191,19 @@ export function betasFor(cfg: Pick<SchedulerConfig, 'num_train_timesteps' | 'bet
       return Float64Array.from({ length: n }, (_, i) => f32(Math.min(1 - alphaBar((i + 1) / n) / alphaBar(i / n), 0.999)));
     }
   }
+}
+
+/**
+ * diffusers' rescale_zero_terminal_snr (Lin et al. 2023, algorithm 1), in float32 as there:
+ * sqrt(alphas_cumprod) shifted so that the last is 0 and scaled so that the first is unchanged,
+ * then turned back into betas (the last is 1).
+ */
+export function rescaleZeroTerminalSnr(betas: Float64Array): Float64Array {
+  const s = Float64Array.from(alphasCumprodFor(betas), (a) => f32(Math.sqrt(a)));
+  const [s0, sT] = [s[0], s[s.length - 1]];
+  const k = f32(s0 / f32(s0 - sT));
+  const bar = s.map((x) => f32(f32(f32(x - sT) * k) ** 2));
+  return bar.map((a, i) => f32(1 - (i === 0 ? a : f32(a / bar[i - 1]))));
 }
 
 /** cumprod(1 - betas): float32 alphas, product accumulated in float64 (torch's CPU cumprod), stored as float32 */

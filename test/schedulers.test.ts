@@ -46,6 +46,28 @@ describe('training schedule', () => {
     note('betas (elementwise)', elementRelError(betas, ref.betas[schedule]), 1e-6);
     note('alphas_cumprod (elementwise)', elementRelError(alphasCumprodFor(betas), ref.alphas_cumprod[schedule]), 1e-6);
   });
+
+  it('rescale_betas_zero_snr: DDIM\'s schedule, shared by DDPM, LCM and TCD; pure noise at the last timestep', async () => {
+    const zsnr = { ...ref.sdxl_config, prediction_type: 'v_prediction', rescale_betas_zero_snr: true };
+    const ddim = fromConfig(zsnr, { className: 'DDIMScheduler' });
+    // relative to the largest value; the ratio of consecutive alphas_bar (down to 2e-7) amplifies float32 rounding
+    note('zero-SNR betas', maxRelError(ddim.betas, ref.betas.scaled_linear_zero_snr), 1e-5);
+    note('zero-SNR alphas_cumprod', maxRelError(ddim.alphasCumprod, ref.alphas_cumprod.scaled_linear_zero_snr), 1e-6);
+    expect(ddim.alphasCumprod[999]).toBe(0);
+    expect(ddim.alphasCumprod[0]).toBe(new DDIMScheduler({ beta_schedule: 'scaled_linear', beta_start: 0.00085, beta_end: 0.012 }).alphasCumprod[0]);
+    for (const cls of ['DDPMScheduler', 'LCMScheduler', 'TCDScheduler'] as const) {
+      const s = fromConfig(zsnr, { className: cls });
+      expect(Array.from(s.alphasCumprod), cls).toEqual(Array.from(ddim.alphasCumprod));
+      expect(s.toJson().rescale_betas_zero_snr, cls).toBe(true);
+    }
+    const ddpm = fromConfig(zsnr, { className: 'DDPMScheduler' }) as DDPMScheduler;
+    const [x0, noise] = [tensor([1, 2, 3, 4], [1, 4]), tensor([0.5, -1, 2, 0], [1, 4])];
+    const [noisy, v] = [ddpm.addNoise(x0, noise, [999]), ddpm.getVelocity(x0, noise, [999])];
+    expect(await noisy.data()).toEqual(await noise.data());
+    expect(Array.from(await v.data())).toEqual([-1, -2, -3, -4]);
+    [x0, noise, noisy, v].forEach((x) => x.dispose());
+    expect(() => fromConfig(zsnr)).toThrow(/"rescale_betas_zero_snr" = true is not supported by EulerDiscreteScheduler/);
+  });
 });
 
 describe('inference timesteps and sigmas', () => {

@@ -82,6 +82,11 @@ export const SCHEDULER_CONFIG = {
   timestep_spacing: 'trailing',
   steps_offset: 1,
   clip_sample: false,
+  // Zero terminal SNR (Lin et al. 2023): t = 999 is pure noise and a v UNet's x0 there is -v, where
+  // sqrt(alpha_bar) = 0.068 made the UNet reproduce 0.068 of the starting noise exactly to cancel it;
+  // what it did not cancel stayed as grain. The former shipped decoder, on 64 held-out images: SSIM
+  // 0.897 from one noise draw, 0.903 from the mean of 4 draws' latents (2-step 0.898 -> 0.906).
+  rescale_betas_zero_snr: true,
 };
 
 export const LAYTON_CONFIG = {

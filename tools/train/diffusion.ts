@@ -39,7 +39,7 @@ import {
  * Per-stage defaults for this 2-core software adapter. Measured at batch 8 on the default
  * configs (UNet [32, 64], VAE [16, 32]), machine otherwise idle, 40-step runs with today's
  * kernels: ldm 0.66 s a step, consistency 0.67, stage 1 0.73, stage 2 1.12 (half the steps
- * 2-step), so these take about 6.6 + 2.2 + 3.6 + 26 minutes, ~38 of `train layton`'s 75
+ * 2-step), so these take about 6.6 + 2.2 + 2.4 + 28 minutes, ~39 of `train layton`'s 75
  * (vae and vq about 10 and 18 more). At the former widths (UNet [64, 128], VAE [32, 64]) a step
  * cost 2.1-3.7x as much (ldm 0.40 it/s, stage 2 0.38) and 160 ldm steps gave about the held-out x0
  * MSE that 160 narrow ones do (0.89 / 0.15 against 0.69 / 0.16 at t = 999 / 499): these stages are
@@ -55,15 +55,18 @@ import {
  * end at lr 2e-4: at 4e-4, the zero convs' rate kept (15x), 1-step 25.09 -> 25.66 dB and SSIM
  * 0.844 -> 0.860 on 64 held-out images, 2-step 25.65 / 0.850 -> 26.12 / 0.864 (the same stage 1);
  * at 8e-4 (zero convs 7.5x, the same rate again) 26.07 / 0.871 and 26.39 / 0.873, with the lower
- * loss in every tenth of the run. Stage 2 has 1400 steps: what the 75 minutes of `train layton`
- * leave it (stage step times measured 2026-12-07 with im2col's vec4 rows: 2650 s before it, 1.2 s a step).
+ * loss in every tenth of the run. Stage 2 has 1500 steps: what the 75 minutes of `train layton`
+ * leave it (stage step times measured 2026-12-07 with im2col's vec4 rows: 2650 s before it, 1.2 s a step),
+ * 100 of them taken from stage 1 (300 -> 200), whose branch stage 2 retrains in pixels anyway.
+ * twoStep 0.55: 1- and 2-step tied at 0.5 before zero terminal SNR (configs.ts), which takes the
+ * first step's noise leak away but not the second's.
  */
 export const DIFFUSION_DEFAULTS = {
   ldm: { steps: 600, batch: 8, lr: 5e-4, warmup: 20 },
   consistency: { steps: 200, batch: 8, lr: 3e-4, warmup: 10 },
-  'layton-stage1': { steps: 300, batch: 8, lr: 3e-4, warmup: 10, zeroConvLrScale: 10 },
+  'layton-stage1': { steps: 200, batch: 8, lr: 3e-4, warmup: 10, zeroConvLrScale: 10 },
   /** twoStep: the fraction of steps that decode in 2 steps (else 1) */
-  'layton-stage2': { steps: 1400, batch: 8, lr: 8e-4, warmup: 10, twoStep: 0.5, zeroConvLrScale: 7.5 },
+  'layton-stage2': { steps: 1500, batch: 8, lr: 8e-4, warmup: 10, twoStep: 0.55, zeroConvLrScale: 7.5 },
 } as const;
 type DiffusionStage = keyof typeof DIFFUSION_DEFAULTS;
 
@@ -161,9 +164,11 @@ export function stage1Loss(m: Layton, ids: Tensor, latents: Tensor, ts: number[]
  * SSIM weighs 1, not the other stages' 0.2: the decode from noise leaves grain on flat
  * backgrounds, which SSIM charges heavily there (grain of 3 levels in 255 alone gives SSIM 0.87 on a
  * flat patch) and L1/MSE hardly; at 1, 1000 steps at lr 8e-4 gave 26.22 dB / SSIM 0.883 on 64
- * held-out images against 26.07 / 0.871 at 0.2 (2-step 26.46 / 0.886 against 26.39 / 0.873).
+ * held-out images against 26.07 / 0.871 at 0.2 (2-step 26.46 / 0.886 against 26.39 / 0.873); at 2.5,
+ * 1400 steps on the 256 of `eval reconstruction`, 27.23 / 0.906 against 27.36 / 0.903 at 1 (2-step
+ * 27.34 / 0.905 against 27.44 / 0.902): the SSIM that the VQ decoder's 0.913 asks for, for 0.1 dB.
  */
-export const STAGE2_PIXEL_LOSS: PixelLossWeights = { ssim: 1, mse: 3, edge: 0.3 };
+export const STAGE2_PIXEL_LOSS: PixelLossWeights = { ssim: 2.5, mse: 3, edge: 0.3 };
 
 /**
  * Stage 2's loss: tokens -> `steps`-step decode from noise drawn from gen (TLCM's stop-gradient
