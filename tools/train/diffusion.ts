@@ -39,8 +39,8 @@ import {
  * Per-stage defaults for this 2-core software adapter. Measured at batch 8 on the default
  * configs (UNet [32, 64], VAE [16, 32]), machine otherwise idle, 40-step runs with today's
  * kernels: ldm 0.66 s a step, consistency 0.67, stage 1 0.73, stage 2 1.12 (half the steps
- * 2-step), so these take about 6.6 + 2.2 + 2.4 + 34 minutes, ~45 of `train layton`'s 75
- * (vae and vq about 10 and 18 more). At the former widths (UNet [64, 128], VAE [32, 64]) a step
+ * 2-step): ldm, consistency and stage 1 about 6.6, 2.2 and 2.4 minutes (vae and vq about 10
+ * and 18). At the former widths (UNet [64, 128], VAE [32, 64]) a step
  * cost 2.1-3.7x as much (ldm 0.40 it/s, stage 2 0.38) and 160 ldm steps gave about the held-out x0
  * MSE that 160 narrow ones do (0.89 / 0.15 against 0.69 / 0.16 at t = 999 / 499): these stages are
  * bound by steps too, so the narrow models train 3-4x the steps in about the same time.
@@ -55,8 +55,10 @@ import {
  * end at lr 2e-4: at 4e-4, the zero convs' rate kept (15x), 1-step 25.09 -> 25.66 dB and SSIM
  * 0.844 -> 0.860 on 64 held-out images, 2-step 25.65 / 0.850 -> 26.12 / 0.864 (the same stage 1);
  * at 8e-4 (zero convs 7.5x, the same rate again) 26.07 / 0.871 and 26.39 / 0.873, with the lower
- * loss in every tenth of the run. Stage 2 has 1800 steps: what the 75 minutes of `train layton`
- * leave it at the step times above (2650 s before it, 1.12 s a step: 74 minutes in all),
+ * loss in every tenth of the run. Stage 2 has 2600 steps: what the 75 minutes of `train layton`
+ * leave it on the machine of 2026-12-07's last run, where every stage stepped 25-35% faster than
+ * the times above (vae 0.52 s, ldm 0.47, consistency 0.47, vq 0.41, stage 1 0.53, stage 2 0.84:
+ * 1670 s before stage 2, about 65 minutes in all; at the times above it would be 93),
  * 100 of them taken from stage 1 (300 -> 200), whose branch stage 2 retrains in pixels anyway.
  * twoStep 0.55: 1- and 2-step tied at 0.5 before zero terminal SNR (configs.ts), which takes the
  * first step's noise leak away but not the second's.
@@ -66,7 +68,7 @@ export const DIFFUSION_DEFAULTS = {
   consistency: { steps: 200, batch: 8, lr: 3e-4, warmup: 10 },
   'layton-stage1': { steps: 200, batch: 8, lr: 3e-4, warmup: 10, zeroConvLrScale: 10 },
   /** twoStep: the fraction of steps that decode in 2 steps (else 1) */
-  'layton-stage2': { steps: 1800, batch: 8, lr: 8e-4, warmup: 10, twoStep: 0.55, zeroConvLrScale: 7.5 },
+  'layton-stage2': { steps: 2600, batch: 8, lr: 8e-4, warmup: 10, twoStep: 0.55, zeroConvLrScale: 7.5 },
 } as const;
 type DiffusionStage = keyof typeof DIFFUSION_DEFAULTS;
 
