@@ -7,8 +7,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__))); from common impo
 p = argparse.ArgumentParser(); p.add_argument('--ch', default='16,32'); p.add_argument('--lat', type=int, default=4); p.add_argument('--lr', type=float, default=1e-3)
 p.add_argument('--steps', type=int, default=900); p.add_argument('--batch', type=int, default=8); p.add_argument('--G', type=int, default=8); p.add_argument('--ssim', type=float, default=0.2)
 p.add_argument('--attn', type=int, default=1); p.add_argument('--mse', type=float, default=0.0); p.add_argument('--grad', type=float, default=0.0)
-p.add_argument('--b2', type=float, default=0.99); p.add_argument('--kl', type=float, default=1e-6)
-a = p.parse_args(); torch.manual_seed(0)
+p.add_argument('--b2', type=float, default=0.99); p.add_argument('--kl', type=float, default=1e-6); p.add_argument('--seed', type=int, default=0)
+a = p.parse_args(); torch.manual_seed(a.seed)
 ch = [int(x) for x in a.ch.split(',')]; G = a.G; L = a.lat
 class VAE(nn.Module):
     def __init__(s):
