@@ -6,7 +6,7 @@
 //             (each: predict x0, re-noise to the next timestep) -> VAE decoder -> image
 // A Layton folder holds the parts in diffusers' layout: vq/, unet/, controlnet/, vae/,
 // scheduler/scheduler_config.json, and layton.json (the fields below).
-import { type Generator, type Tensor, add, detach, lookup, mulScalar, randn, sub, tensor, tidy, zeros } from '../runtime/index.ts';
+import { type Generator, type Tensor, add, detach, lookup, mulScalar, randn, tensor, tidy, zeros } from '../runtime/index.ts';
 import { type ModelFiles, readConfig } from './checkpoint.ts';
 import { ConfigReader } from './config.ts';
 import { type ControlNetModel, LaddBranch, loadControlNet } from './controlnet.ts';
@@ -128,19 +128,11 @@ export class Layton {
 
   /** The model's x0 estimate from z_t at timestep t (epsilon or v prediction), differentiable. */
   predictX0(zt: Tensor, t: number, c: Tensor): Tensor {
+    const [ca, cb] = this.scheduler.x0Coefficients(t);
     return tidy(() => {
       const { states, added } = this.emptyPrompt(zt.shape[0]);
       const out = this.branch.forward(zt, t, states, c, { added, conditioningScale: this.config.conditioningScale });
-      const a = this.scheduler.alphasCumprod[t];
-      if (a === undefined) throw new Error(`Layton: timestep ${t} is outside the schedule`);
-      if (a === 0 && this.scheduler.config.prediction_type === 'epsilon')
-        throw new Error(`Layton: an epsilon-prediction UNet has no x0 at timestep ${t}, where the schedule is pure noise (rescale_betas_zero_snr); use v_prediction`);
-      const [sa, sb] = [Math.sqrt(a), Math.sqrt(1 - a)];
-      switch (this.scheduler.config.prediction_type) {
-        case 'epsilon': return mulScalar(sub(zt, mulScalar(out, sb)), 1 / sa);
-        case 'v_prediction': return sub(mulScalar(zt, sa), mulScalar(out, sb));
-        default: return out;
-      }
+      return ca === 0 ? mulScalar(out, cb) : add(mulScalar(zt, ca), mulScalar(out, cb));
     });
   }
 

@@ -387,6 +387,17 @@ export abstract class AlphaScheduler extends Scheduler {
     }
   }
 
+  /**
+   * x0 = a * sample + b * model_output at timestep t, as [a, b]: for callers that form x0 with
+   * their own (differentiable) ops. An epsilon model has no x0 where the schedule is pure noise.
+   */
+  x0Coefficients(t: number): [number, number] {
+    const a = this.alphaAt(t);
+    if (a === 0 && this.config.prediction_type === 'epsilon')
+      throw new Error(`${this.className}: an epsilon-prediction model has no x0 at timestep ${t}, where the schedule is pure noise (rescale_betas_zero_snr); use v_prediction`);
+    return this.predictionCoefs(a).x0;
+  }
+
   /** x0 and epsilon as [coefficient of sample, coefficient of model output] at alpha_prod_t */
   protected predictionCoefs(alphaProd: number): { x0: [number, number]; eps: [number, number] } {
     const sa = Math.sqrt(alphaProd);

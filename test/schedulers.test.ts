@@ -67,6 +67,12 @@ describe('training schedule', () => {
     expect(Array.from(await v.data())).toEqual([-1, -2, -3, -4]);
     [x0, noise, noisy, v].forEach((x) => x.dispose());
     expect(() => fromConfig(zsnr)).toThrow(/"rescale_betas_zero_snr" = true is not supported by EulerDiscreteScheduler/);
+    // x0 = a z + b v: -v at the pure-noise timestep; an epsilon model has no x0 there
+    expect(ddpm.x0Coefficients(999)).toEqual([0, -1]);
+    expect(ddpm.x0Coefficients(500)).toEqual([Math.sqrt(ddpm.alphasCumprod[500]), -Math.sqrt(1 - ddpm.alphasCumprod[500])]);
+    const eps = fromConfig({ ...zsnr, prediction_type: 'epsilon' }, { className: 'DDIMScheduler' }) as DDIMScheduler;
+    expect(() => eps.x0Coefficients(999)).toThrow(/DDIMScheduler: an epsilon-prediction model has no x0 at timestep 999, where the schedule is pure noise/);
+    expect(() => ddpm.x0Coefficients(1000)).toThrow(/DDPMScheduler: timestep 1000 is not an integer in \[0, 1000\)/);
   });
 });
 

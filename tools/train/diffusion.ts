@@ -55,13 +55,13 @@ import {
  * end at lr 2e-4: at 4e-4, the zero convs' rate kept (15x), 1-step 25.09 -> 25.66 dB and SSIM
  * 0.844 -> 0.860 on 64 held-out images, 2-step 25.65 / 0.850 -> 26.12 / 0.864 (the same stage 1);
  * at 8e-4 (zero convs 7.5x, the same rate again) 26.07 / 0.871 and 26.39 / 0.873, with the lower
- * loss in every tenth of the run. Stage 2 has 1800 steps: 74 minutes of `train layton` at the
- * step times above; the machine of 2026-12-07's last run stepped 25-35% faster (vae 0.52 s, ldm
- * 0.47, consistency 0.47, vq 0.41, stage 1 0.53, stage 2 0.84) and took 53. 2600 steps there (65
+ * loss in every tenth of the run. Stage 2 has 1800 steps, 100 of them taken from stage 1 (300 ->
+ * 200), whose branch stage 2 retrains in pixels anyway: 74 minutes of `train layton` at the step
+ * times above; the machine of 2026-12-07's last run stepped 25-35% faster (vae 0.52 s, ldm 0.47,
+ * consistency 0.47, vq 0.41, stage 1 0.53, stage 2 0.84) and took 54.6. 2600 steps there (65
  * minutes) were worse, not better: the loss stalled at 0.46 over the last 40% of the run where
  * 1800 steps fell to 0.32 as the rate decayed, and the 256 held-out images gave 25.68 dB / SSIM
- * 0.886 against 27.03 / 0.909 (the rate, held high for longer, is at the stage's edge),
- * 100 of them taken from stage 1 (300 -> 200), whose branch stage 2 retrains in pixels anyway.
+ * 0.886 against 27.03 / 0.909 (the rate, held high for longer, is at the stage's edge).
  * twoStep 0.55: 1- and 2-step tied at 0.5 before zero terminal SNR (configs.ts), which takes the
  * first step's noise leak away but not the second's.
  */
