@@ -8,6 +8,7 @@ p = argparse.ArgumentParser(); p.add_argument('--ch', default='16,32'); p.add_ar
 p.add_argument('--steps', type=int, default=900); p.add_argument('--batch', type=int, default=8); p.add_argument('--G', type=int, default=8); p.add_argument('--ssim', type=float, default=0.2)
 p.add_argument('--attn', type=int, default=1); p.add_argument('--mse', type=float, default=0.0); p.add_argument('--grad', type=float, default=0.0)
 p.add_argument('--b2', type=float, default=0.99); p.add_argument('--kl', type=float, default=1e-6); p.add_argument('--seed', type=int, default=0)
+p.add_argument('--minr', type=float, default=0.1); p.add_argument('--ema', type=float, default=0)  # the schedule's final lr ratio; EMA decay of the weights (0: none)
 a = p.parse_args(); torch.manual_seed(a.seed)
 ch = [int(x) for x in a.ch.split(',')]; G = a.G; L = a.lat
 class VAE(nn.Module):
@@ -30,7 +31,8 @@ class VAE(nn.Module):
     def forward(s, x):
         m, lv = s.enc(x).chunk(2, 1); z = m + torch.exp(0.5 * lv) * torch.randn_like(m)
         return s.dec(z), m, lv
-vae = VAE(); opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, betas=(0.9, a.b2), weight_decay=0); sc = sched(opt, a.lr, a.steps, 30)
+vae = VAE(); opt = torch.optim.AdamW(vae.parameters(), lr=a.lr, betas=(0.9, a.b2), weight_decay=0); sc = sched(opt, a.lr, a.steps, 30, a.minr)
+ema = [q.detach().clone() for q in vae.parameters()] if a.ema else None
 t0 = time.time()
 for i in range(a.steps):
     idx = torch.randint(0, 12000, (a.batch,)); x = TR32[idx]
@@ -38,7 +40,17 @@ for i in range(a.steps):
     loss = pixloss(y, x, a.ssim) + a.mse * ((y - x) ** 2).mean() + kl * a.kl / 3072
     if a.grad: loss = loss + a.grad * edgeloss(y, x)
     opt.zero_grad(); loss.backward(); opt.step(); sc.step()
+    if ema:
+        with torch.no_grad():
+            for e, q in zip(ema, vae.parameters()): e.mul_(a.ema).add_(q, alpha=1 - a.ema)
     if i % 200 == 0 or i == a.steps - 1:
         with torch.no_grad(): yh = vae.dec(vae.enc(HO32).chunk(2, 1)[0])
-        print(f'{i} loss {loss.item():.4f} psnr {psnr(yh, HO32):.2f} ssim {ssim_eval(yh, HO32):.3f} {time.time()-t0:.0f}s', flush=True)
+        e = ''
+        if ema:
+            live = [q.detach().clone() for q in vae.parameters()]
+            with torch.no_grad():
+                for q, w in zip(vae.parameters(), ema): q.copy_(w)
+                ye = vae.dec(vae.enc(HO32).chunk(2, 1)[0]); e = f' ema psnr {psnr(ye, HO32):.2f} ssim {ssim_eval(ye, HO32):.3f}'
+                for q, w in zip(vae.parameters(), live): q.copy_(w)
+        print(f'{i} loss {loss.item():.4f} psnr {psnr(yh, HO32):.2f} ssim {ssim_eval(yh, HO32):.3f}{e} {time.time()-t0:.0f}s', flush=True)
 print(vars(a))
