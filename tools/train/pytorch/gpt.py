@@ -16,6 +16,7 @@ A('--root', required=True); A('--steps', type=int, default=960); A('--batch', ty
 A('--wd', type=float, default=0.05); A('--warmup', type=int, default=40); A('--t5train', type=int, default=0); A('--t5lr', type=float, default=1.0)
 A('--dim', type=int, default=128); A('--layers', type=int, default=4); A('--heads', type=int, default=4); A('--drop', type=float, default=0.1)
 A('--seed', type=int, default=0); A('--every', type=int, default=240)
+A('--save', default='')  # a gpt/ folder (the root's config.json, LlamaGen's key names) for `layton-run eval geneval --model`
 A('--caprope', default='zero', choices=['zero', 'identity'])  # the caption rows of the 2D RoPE: LlamaGen's zeros (q, k of the caption = 0), or no rotation
 a = p.parse_args(); torch.manual_seed(a.seed)
 
@@ -127,4 +128,22 @@ for i in range(a.steps):
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_([q for gr in groups for q in gr['params']], 1.0); opt.step(); sc.step()
     if (i + 1) % a.every == 0 or i == a.steps - 1:
         c, u = heldout(); print(f'{i + 1} loss {loss.item():.3f} held-out CE {c:.3f} uncond {u:.3f} caption {u - c:.3f} nats/token {time.time() - t0:.0f}s', flush=True)
+def save(d):
+    names = {'fc1': 'cls_embedding.cap_proj.fc1', 'fc2': 'cls_embedding.cap_proj.fc2', 'tok': 'tok_embeddings', 'wn': 'norm', 'out': 'output',
+             'w1': 'attention_norm', 'w2': 'ffn_norm', 'wqkv': 'attention.wqkv', 'wo': 'attention.wo', 'f1': 'feed_forward.w1', 'f2': 'feed_forward.w2', 'f3': 'feed_forward.w3'}
+    sd = {}
+    for n, q in gpt.named_parameters():
+        parts = n.split('.'); last = parts[-1] if parts[-1] != 'weight' else parts[-2]
+        key = (f'layers.{parts[1]}.' if parts[0] == 'blocks' else '') + names[last] + '.weight'
+        sd[key] = q.detach().float().contiguous().numpy()
+    sd['cls_embedding.uncond_embedding'] = gpt.uncond.float().numpy()
+    os.makedirs(d, exist_ok=True); h, off = {}, 0
+    for k in sorted(sd): h[k] = {'dtype': 'F32', 'shape': list(sd[k].shape), 'data_offsets': [off, off + sd[k].nbytes]}; off += sd[k].nbytes
+    hb = json.dumps(h).encode(); hb += b' ' * (-len(hb) % 8)
+    with open(f'{d}/model.safetensors', 'wb') as f:
+        f.write(struct.pack('<Q', len(hb))); f.write(hb)
+        for k in sorted(sd): f.write(sd[k].tobytes())
+    cfg = json.load(open(f'{a.root}/gpt/config.json')); cfg.update(dim=D, n_layer=NL, n_head=NH, n_kv_head=NH, token_dropout_p=0, resid_dropout_p=0, ffn_dropout_p=0)
+    json.dump(cfg, open(f'{d}/config.json', 'w'), indent=2)
+if a.save: save(a.save)
 print(vars(a))
