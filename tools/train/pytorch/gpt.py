@@ -5,7 +5,8 @@
 # by name: frozen as the recipe has it, or --t5train 1 trained with the GPT). Same loss, caption
 # dropout, optimiser and schedule. Prints the held-out CE with the captions and with the uncond
 # embedding in their place: their difference is what the caption tells the GPT, in nats a token.
-#   /usr/bin/python3 gpt.py --root /tmp/exH [--steps 960] [--lr 1e-3] [--t5train 0]
+#   /usr/bin/python3 gpt.py --root /tmp/exH [--steps 960] [--lr 1e-3] [--t5train 0] [--save ROOT2/gpt]
+# (--save: the trained GPT as a gpt/ folder with LlamaGen's key names, for `layton-run eval geneval --model ROOT2`)
 import sys, os, argparse, json, struct
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch, torch.nn as nn, torch.nn.functional as F, numpy as np, math, time
