@@ -37,7 +37,7 @@ export interface AutoencoderTuning {
 // ---- vae -----------------------------------------------------------------------------------
 
 /**
- * About 12 minutes on the 2-core software adapter when it runs alone (1.28 batch-8 steps/s).
+ * 10-12 minutes on the 2-core software adapter when it runs alone (1.6-1.9 batch-8 steps/s).
  * The stage is step-bound: in a PyTorch model of it, 240 steps gave 19.8 dB and 400 gave 23.2,
  * while batch 4 at twice the steps or 8 latent channels did worse; at half the widths ([16, 32])
  * 900 steps gave 27.5 dB / SSIM 0.917 there. Here a [16, 32] step costs a third of a [32, 64]
@@ -47,7 +47,8 @@ export interface AutoencoderTuning {
  * 31.2 dB / 0.955 (tools/train/pytorch/README.md). At 900 steps that recipe is chaotic: its
  * seeds spread over 30.1-32.2 dB in the model and rounding alone moved the project's run from
  * 31.2 to 29.8 dB; 1200 steps lift the model's weak seeds by 1.4-2.6 dB (EMA weights and a
- * cosine to zero did not help).
+ * cosine to zero did not help) and took the project's to 32.6 dB / 0.967, Layton's decoder
+ * with it from 27.0 to 28.3 dB (README).
  */
 export const VAE_DEFAULTS = { steps: 1200, batch: 8 };
 const VAE_TUNING: AutoencoderTuning = { lr: 3e-3, betas: [0.9, 0.95], warmup: 30, checkpointEvery: 100, evalImages: 256, scaleBatches: 8, loss: { ssim: 0.2, mse: 1, edge: 0.3 } };
