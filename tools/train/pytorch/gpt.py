@@ -130,21 +130,16 @@ for i in range(a.steps):
     if (i + 1) % a.every == 0 or i == a.steps - 1:
         c, u = heldout(); print(f'{i + 1} loss {loss.item():.3f} held-out CE {c:.3f} uncond {u:.3f} caption {u - c:.3f} nats/token {time.time() - t0:.0f}s', flush=True)
 def save(d):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '../../../test/fixtures')); import st  # the fixtures' safetensors writer
     names = {'fc1': 'cls_embedding.cap_proj.fc1', 'fc2': 'cls_embedding.cap_proj.fc2', 'tok': 'tok_embeddings', 'wn': 'norm', 'out': 'output',
              'w1': 'attention_norm', 'w2': 'ffn_norm', 'wqkv': 'attention.wqkv', 'wo': 'attention.wo', 'f1': 'feed_forward.w1', 'f2': 'feed_forward.w2', 'f3': 'feed_forward.w3'}
-    sd = {}
+    sd = {'cls_embedding.uncond_embedding': gpt.uncond.float()}
     for n, q in gpt.named_parameters():
         parts = n.split('.'); last = parts[-1] if parts[-1] != 'weight' else parts[-2]
-        key = (f'layers.{parts[1]}.' if parts[0] == 'blocks' else '') + names[last] + '.weight'
-        sd[key] = q.detach().float().contiguous().numpy()
-    sd['cls_embedding.uncond_embedding'] = gpt.uncond.float().numpy()
-    os.makedirs(d, exist_ok=True); h, off = {}, 0
-    for k in sorted(sd): h[k] = {'dtype': 'F32', 'shape': list(sd[k].shape), 'data_offsets': [off, off + sd[k].nbytes]}; off += sd[k].nbytes
-    hb = json.dumps(h).encode(); hb += b' ' * (-len(hb) % 8)
-    with open(f'{d}/model.safetensors', 'wb') as f:
-        f.write(struct.pack('<Q', len(hb))); f.write(hb)
-        for k in sorted(sd): f.write(sd[k].tobytes())
+        sd[(f'layers.{parts[1]}.' if parts[0] == 'blocks' else '') + names[last] + '.weight'] = q.float()
+    os.makedirs(d, exist_ok=True); st.save(f'{d}/model.safetensors', sd)
     cfg = json.load(open(f'{a.root}/gpt/config.json')); cfg.update(dim=D, n_layer=NL, n_head=NH, n_kv_head=NH, token_dropout_p=0, resid_dropout_p=0, ffn_dropout_p=0)
-    json.dump(cfg, open(f'{d}/config.json', 'w'), indent=2)
+    with open(f'{d}/config.json.tmp', 'w') as f: json.dump(cfg, f, indent=2)
+    os.replace(f'{d}/config.json.tmp', f'{d}/config.json')
 if a.save: save(a.save)
 print(vars(a))
